@@ -1,0 +1,40 @@
+# Quickstart: `make demo` and `make test` do all set-up on a fresh machine.
+# GPU users: `make install TORCH=torch` (or any pip spec) to get a CUDA build instead of
+# the CPU wheel tried first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0+cpu
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+
+.PHONY: install demo test test-slow fuzz lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet "$(TORCH)" || echo "note: $(TORCH) not available here; pip resolves torch from the index"
+	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/ftc train demo --overwrite
+	$(VENV)/bin/ftc eval runs/demo --split test
+	$(VENV)/bin/ftc export runs/demo --format hf --overwrite
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

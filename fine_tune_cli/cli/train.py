@@ -1,0 +1,50 @@
+"""ftc train RECIPE [key=value ...] [--resume auto|PATH] [--dry-run] [--overwrite] [--json]"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, print_metrics_table, run_command
+
+
+def train(
+    recipe: str = typer.Argument(..., help="Recipe file or built-in recipe name."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+    resume: str | None = typer.Option(
+        None, "--resume", help="auto (newest complete checkpoint) or a run/checkpoint dir."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything; train nothing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (re-launches via torchrun)."),
+    json_mode: bool = JSON_OPTION,
+) -> None:
+    """Train a model (prepares the data first when its cache is missing)."""
+    if nproc > 1:
+        from fine_tune_cli.engine.launch import relaunch_with_torchrun
+
+        raise typer.Exit(relaunch_with_torchrun(nproc))
+
+    def body() -> dict[str, Any]:
+        from fine_tune_cli.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [])
+        if dry_run:
+            from fine_tune_cli.checks import check_recipe
+
+            return check_recipe(loaded, build_model=True)
+        from fine_tune_cli.engine.run import run_training
+
+        return run_training(loaded, resume=resume, overwrite=overwrite)
+
+    def human(p: dict[str, Any]) -> None:
+        if dry_run:
+            from fine_tune_cli.checks import print_check
+
+            print_check(p)
+            return
+        print(f"run dir: {p['run_dir']}  ({p['steps']} steps, {p['seconds']}s)")
+        print_metrics_table(f"validation metrics (best step {p['best_step']}):", p["metrics"])
+
+    run_command("train", json_mode, body, human)

@@ -1,0 +1,1 @@
+"""Data: sources, pipeline steps, tokenizers, encoding and the prepared-data store."""

@@ -1,0 +1,298 @@
+"""prepare: source file -> pipeline steps -> split -> balance/augment -> tokenizer -> encode
+-> prepared dir in the content-addressed store (skipped when the hash is already there)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fine_tune_cli.data.steps import STEPS, Record, StepContext, run_pipeline
+from fine_tune_cli.data.store import (
+    COMPLETE,
+    FORMAT_VERSION,
+    MANIFEST,
+    PreparedDataset,
+    cache_root,
+    content_hash,
+    open_prepared,
+    publish,
+    sha256_file,
+    write_split,
+)
+from fine_tune_cli.errors import DataError, OutputError
+from fine_tune_cli.recipe import Recipe
+
+log = logging.getLogger("ftc")
+
+SPLITS = ("train", "validation", "test")
+
+
+def hash_inputs(recipe: Recipe) -> dict[str, Any]:
+    """Everything that determines the prepared data: source content, pipeline, split,
+    tokenizer (settings or files) and the task's encoding. Paths do not count."""
+    from fine_tune_cli.data.tokenizers import fingerprint_dir, tokenizer_source
+
+    source = Path(recipe.data.source.path)
+    if not source.is_file():
+        raise DataError(f"{source}: data file not found (set data.source.path)")
+    data = recipe.data.model_dump(mode="json")
+    data.pop("cache_dir")
+    data["source"].pop("path")
+    kind, tok_dir = tokenizer_source(recipe)
+    return {
+        "format": FORMAT_VERSION,
+        "source_sha256": sha256_file(source),
+        "data": data,
+        "family": recipe.model.family,
+        "task": recipe.model.task,
+        "tokenizer": kind,
+        "tokenizer_files": fingerprint_dir(tok_dir) if tok_dir else None,
+    }
+
+
+def prepared_path(recipe: Recipe, digest: str) -> Path:
+    return cache_root(recipe.data.cache_dir) / "prepared" / digest[:16]
+
+
+def data_hash(recipe: Recipe) -> str:
+    return content_hash(hash_inputs(recipe))
+
+
+def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDataset, bool]:
+    """Return the prepared dataset and whether it came from the cache."""
+    inputs = hash_inputs(recipe)
+    digest = content_hash(inputs)
+    final = prepared_path(recipe, digest)
+    if not force and (final / COMPLETE).is_file():
+        return open_prepared(final, digest), True
+    started = time.time()
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        manifest = _build(recipe, digest, inputs, tmp)
+        manifest["seconds"] = round(time.time() - started, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        publish(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{final.parent}: cannot write prepared data ({exc.strerror})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_prepared(final, digest), False
+
+
+def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
+    """Read the source and run the pipeline steps (shared by prepare and `eval --data`)."""
+    from fine_tune_cli.data.sources import read_source
+
+    need_label = recipe.model.task == "classification"
+    records = read_source(recipe.data.source, need_label=need_label)
+    steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.steps]
+    records, report = run_pipeline(records, steps, StepContext(seed=recipe.data.split.seed))
+    if not records:
+        raise DataError(
+            f"{recipe.data.source.path}: no records left after the pipeline"
+            f" ({_report_line(report)}); loosen data.steps"
+        )
+    return records, report
+
+
+def _report_line(report: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['step']} {r['in']}->{r['out']}" for r in report) or "no steps"
+
+
+def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
+    from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source, train_tokenizer
+
+    records, report = load_records(recipe)
+    log.info("read %d records; pipeline: %s", len(records), _report_line(report))
+    labels = _label_names(recipe, records)
+    splits = split_records(recipe, records)
+    splits["train"] = _balance(recipe, splits["train"], labels)
+    if recipe.data.augment:
+        steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.augment]
+        before = len(splits["train"])
+        splits["train"], aug_report = run_pipeline(
+            splits["train"], steps, StepContext(seed=recipe.data.split.seed)
+        )
+        report += [{**r, "split": "train"} for r in aug_report]
+        log.info("augmented train split: %d -> %d records", before, len(splits["train"]))
+
+    kind, tok_dir = tokenizer_source(recipe)
+    spec = recipe.data.tokenizer
+    if tok_dir is not None:
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        log.info("training a %s tokenizer (vocab %d) on the train split", kind, spec.vocab_size)
+        tokenizer = train_tokenizer(
+            kind,
+            (r["text"] for r in splits["train"]),
+            spec.vocab_size,
+            spec.min_frequency,
+            spec.lowercase,
+        )
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    label_index = {name: i for i, name in enumerate(labels)}
+    split_info = {}
+    for name in SPLITS:
+        rows = splits[name]
+        ids = _encode(tokenizer, [r["text"] for r in rows], recipe.data.max_length)
+        y = [label_index[r["label"]] for r in rows] if labels else None
+        split_info[name] = write_split(out, name, ids, y, [r["text"] for r in rows])
+        if labels:
+            counts = Counter(r["label"] for r in rows)
+            split_info[name]["label_counts"] = {k: counts.get(k, 0) for k in labels}
+    manifest = {
+        "hash": digest,
+        "format": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"path": recipe.data.source.path, "sha256": inputs["source_sha256"]},
+        "data": recipe.data.model_dump(mode="json"),
+        "task": recipe.model.task,
+        "labels": labels,
+        "class_weights": _class_weights(splits["train"], labels)
+        if recipe.data.balance == "class_weight"
+        else None,
+        "tokenizer": {
+            "kind": kind,
+            "from": str(tok_dir) if tok_dir else None,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        "pipeline": report,
+        "splits": split_info,
+    }
+    return manifest
+
+
+def _label_names(recipe: Recipe, records: list[Record]) -> list[str]:
+    if recipe.model.task != "classification":
+        return []
+    counts = Counter(r["label"] for r in records)
+    if len(counts) < 2:
+        only = next(iter(counts), None)
+        raise DataError(
+            f"{recipe.data.source.path}: column '{recipe.data.source.label}' has only one"
+            f" label ({only!r}); classification needs at least two"
+        )
+    return sorted(counts)
+
+
+def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Record]]:
+    """Seeded train/validation/test split: stratified by label, or by whole groups."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    spec = recipe.data.split
+    n = len(records)
+    index = np.arange(n)
+    holdout = spec.validation + spec.test
+    if holdout == 0:
+        return {"train": records, "validation": [], "test": []}
+    if spec.by_group:
+        groups = np.array([str(r.get("group")) for r in records])
+        if len(set(groups)) < 3:
+            raise DataError(
+                f"{recipe.data.source.path}: split.by_group needs at least 3 distinct values"
+                f" in column '{recipe.data.source.group}'"
+            )
+        outer = GroupShuffleSplit(n_splits=1, test_size=holdout, random_state=spec.seed)
+        train_idx, rest = next(outer.split(index, groups=groups))
+        if spec.test and spec.validation:
+            inner = GroupShuffleSplit(
+                n_splits=1, test_size=spec.test / holdout, random_state=spec.seed
+            )
+            val_pos, test_pos = next(inner.split(rest, groups=groups[rest]))
+            val_idx, test_idx = rest[val_pos], rest[test_pos]
+        else:
+            val_idx, test_idx = (rest, rest[:0]) if spec.validation else (rest[:0], rest)
+    else:
+        labels = [r["label"] for r in records] if recipe.model.task == "classification" else None
+        stratify = labels if spec.stratify and labels else None
+        train_idx, rest = _split(index, holdout, stratify, spec.seed)
+        if spec.test and spec.validation:
+            sub = [stratify[i] for i in rest] if stratify else None
+            val_idx, test_idx = _split(rest, spec.test / holdout, sub, spec.seed)
+        else:
+            val_idx, test_idx = (rest, rest[:0]) if spec.validation else (rest[:0], rest)
+    out = {
+        "train": [records[i] for i in sorted(train_idx)],
+        "validation": [records[i] for i in sorted(val_idx)],
+        "test": [records[i] for i in sorted(test_idx)],
+    }
+    if not out["train"]:
+        raise DataError(f"{recipe.data.source.path}: too few records to split ({n})")
+    return out
+
+
+def _split(index: np.ndarray, fraction: float, stratify: list | None, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(index, test_size=fraction, stratify=stratify, random_state=seed)
+    except ValueError as exc:
+        if stratify is None:
+            raise DataError(f"cannot split {len(index)} records: {exc}") from None
+        # A class with a single member cannot be stratified; split without it.
+        log.warning("stratified split impossible (%s); splitting without stratification", exc)
+        return train_test_split(index, test_size=fraction, random_state=seed)
+
+
+def _balance(recipe: Recipe, train: list[Record], labels: list[str]) -> list[Record]:
+    mode = recipe.data.balance
+    if mode in ("none", "class_weight") or not labels:
+        return train
+    rng = random.Random(recipe.data.split.seed)
+    by_label: dict[str, list[Record]] = {}
+    for r in train:
+        by_label.setdefault(r["label"], []).append(r)
+    sizes = [len(v) for v in by_label.values()]
+    target = max(sizes) if mode == "oversample" else min(sizes)
+    out: list[Record] = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        if mode == "oversample":
+            out += rows + [rng.choice(rows) for _ in range(target - len(rows))]
+        else:
+            out += rng.sample(rows, target)
+    rng.shuffle(out)
+    log.info("balanced train split (%s): %d -> %d records", mode, len(train), len(out))
+    return out
+
+
+def _class_weights(train: list[Record], labels: list[str]) -> list[float]:
+    """Inverse-frequency weights (sklearn's 'balanced' formula)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([labels.index(r["label"]) for r in train])
+    present = np.unique(y)
+    weights = np.ones(len(labels))
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return [float(w) for w in weights]
+
+
+def _encode(
+    tokenizer: Any, texts: list[str], max_length: int, batch: int = 1000
+) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(
+            texts[start : start + batch],
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+        )
+        ids.extend(enc["input_ids"])
+    return ids

@@ -1,0 +1,175 @@
+"""The content-addressed prepared-data store.
+
+`$FTC_CACHE_DIR/prepared/<hash>/` holds a manifest, the tokenizer and per-split numpy
+arrays (flat token ids + offsets) that are memory-mapped at training time. A dir is only
+visible under its hash once complete (written to a temp dir, then renamed), so a crash
+never leaves a half-written dataset that looks usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fine_tune_cli.errors import DataError, IntegrityError, OutputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+COMPLETE = "COMPLETE"
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get("FTC_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "fine_tune_cli"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(parts: dict[str, Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class PreparedSplit:
+    """One split: example i is input_ids[offsets[i]:offsets[i+1]] (memory-mapped)."""
+
+    name: str
+    input_ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray | None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def example(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def texts(self, root: Path) -> list[str]:
+        path = root / self.name / "texts.jsonl"
+        if not path.is_file():
+            return []
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line)["text"] for line in fh]
+
+
+@dataclass
+class PreparedDataset:
+    path: Path
+    manifest: dict[str, Any]
+    splits: dict[str, PreparedSplit]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
+
+    @property
+    def hash(self) -> str:
+        return self.manifest["hash"]
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        from fine_tune_cli.data.tokenizers import load_tokenizer
+
+        return load_tokenizer(self.path / "tokenizer")
+
+    def default_eval_split(self) -> str:
+        return "test" if len(self.splits.get("test", ())) else "validation"
+
+
+def write_split(
+    root: Path,
+    name: str,
+    examples: list[list[int]],
+    labels: list[int] | None,
+    texts: list[str] | None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """Write one split's arrays; returns its manifest entry."""
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = np.fromiter((len(e) for e in examples), dtype=np.int64, count=len(examples))
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for e in examples for t in e), dtype=np.int32, count=int(offsets[-1]))
+    np.save(out / "input_ids.npy", flat)
+    np.save(out / "offsets.npy", offsets)
+    if labels is not None:
+        np.save(out / "labels.npy", np.asarray(labels, dtype=np.int64))
+    for key, arr in (extra or {}).items():
+        np.save(out / f"{key}.npy", arr)
+    if texts is not None:
+        with open(out / "texts.jsonl", "w", encoding="utf-8") as fh:
+            for text in texts:
+                fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    return {"examples": len(examples), "tokens": int(offsets[-1])}
+
+
+def _load_split(root: Path, name: str) -> PreparedSplit:
+    folder = root / name
+    labels = folder / "labels.npy"
+    extra = {
+        p.stem: np.load(p, mmap_mode="r")
+        for p in folder.glob("*.npy")
+        if p.stem not in ("input_ids", "offsets", "labels")
+    }
+    return PreparedSplit(
+        name=name,
+        input_ids=np.load(folder / "input_ids.npy", mmap_mode="r"),
+        offsets=np.load(folder / "offsets.npy"),
+        labels=np.load(labels) if labels.is_file() else None,
+        extra=extra,
+    )
+
+
+def open_prepared(path: Path, expected_hash: str | None = None) -> PreparedDataset:
+    """Open a complete prepared dir; refuse one whose hash is not the recipe's."""
+    if not (path / COMPLETE).is_file():
+        raise DataError(f"{path}: prepared data is incomplete; rerun `ftc prepare --force`")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if expected_hash and manifest.get("hash") != expected_hash:
+        raise IntegrityError(
+            f"{path}: prepared data was built for another recipe (hash"
+            f" {manifest.get('hash', '?')[:12]}, recipe wants {expected_hash[:12]});"
+            " rerun `ftc prepare`"
+        )
+    splits = {name: _load_split(path, name) for name in manifest["splits"]}
+    return PreparedDataset(path=path, manifest=manifest, splits=splits)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make a fully written temp dir visible under its final name (atomic rename)."""
+    (tmp / COMPLETE).write_text("ok\n")
+    try:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (final / COMPLETE).is_file():
+            return  # another process published the same content first
+        raise OutputError(f"{final}: cannot write prepared data ({exc.strerror})") from None

@@ -1,0 +1,155 @@
+"""Tokenizers: train WordPiece (BERT) or byte-level BPE (GPT-2) on the train split with
+the `tokenizers` library, or load a local HF tokenizer directory. Always saved as an HF
+tokenizer dir so plain `AutoTokenizer.from_pretrained(dir)` loads it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fine_tune_cli.errors import RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from fine_tune_cli.recipe import Recipe
+
+BERT_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+GPT2_EOS = "<|endoftext|>"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt")
+
+
+def tokenizer_source(recipe: Recipe) -> tuple[str, Path | None]:
+    """Which tokenizer a recipe uses: ('wordpiece'|'bpe', None) or ('pretrained', dir)."""
+    spec = recipe.data.tokenizer
+    if spec.kind == "pretrained":
+        return "pretrained", Path(spec.path)  # type: ignore[arg-type]
+    if spec.kind == "auto" and recipe.model.init_from:
+        from fine_tune_cli.models.registry import resolve_init_dir
+
+        init_dir = resolve_init_dir(recipe.model.init_from)
+        if not any((init_dir / f).is_file() for f in TOKENIZER_FILES):
+            raise RecipeError(
+                f"model.init_from: {init_dir} has no tokenizer; set data.tokenizer.kind"
+                " (wordpiece, bpe) or data.tokenizer.path"
+            )
+        return "pretrained", init_dir
+    if spec.kind == "auto":
+        from fine_tune_cli.models import FAMILIES
+
+        kind = FAMILIES.get(recipe.model.family).tokenizer_kind
+        return kind or "wordpiece", None
+    return spec.kind, None
+
+
+def fingerprint_dir(path: Path) -> str:
+    """Content hash of a tokenizer dir's files (part of the prepared-data hash)."""
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in path.iterdir() if p.is_file()):
+        if (
+            name.startswith("tokenizer")
+            or name.startswith("vocab")
+            or name
+            in (
+                "merges.txt",
+                "special_tokens_map.json",
+            )
+        ):
+            digest.update(name.encode())
+            digest.update((path / name).read_bytes())
+    return digest.hexdigest()
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and (path / "merges.txt").is_file():
+        return _byte_level_bpe_from_files(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise RecipeError(f"{path}: only fast (tokenizer.json-backed) tokenizers are supported")
+    if tok.pad_token is None:
+        # GPT-2-style tokenizers have no pad token: batching needs one; reuse EOS.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _byte_level_bpe_from_files(path: Path) -> PreTrainedTokenizerBase:
+    """A bare GPT-2 style dir (vocab.json + merges.txt, no tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        bpe = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+    except Exception as exc:  # the tokenizers library raises its own exception types
+        raise RecipeError(f"{path}: cannot read vocab.json/merges.txt ({exc})") from None
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
+        unk_token=GPT2_EOS,
+        pad_token=GPT2_EOS,
+    )
+
+
+def train_tokenizer(
+    kind: str, texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
+) -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import trainers as tk_trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = tk_trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(BERT_SPECIALS.values()),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tok, **BERT_SPECIALS)
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = tk_trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[GPT2_EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=GPT2_EOS,
+            eos_token=GPT2_EOS,
+            unk_token=GPT2_EOS,
+            pad_token=GPT2_EOS,
+        )
+    raise ValueError(f"unknown tokenizer kind {kind!r}")

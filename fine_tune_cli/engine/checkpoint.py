@@ -1,0 +1,119 @@
+"""Checkpoints: self-describing step-NNNNNN/ dirs written atomically.
+
+Layout: model.safetensors + config.json (loadable by transformers), trainer_state.pt
+(optimizer, schedule, scaler, RNG and data position; loaded with weights_only=True),
+recipe.lock.yaml, manifest.json (sha256), and COMPLETE, written last. Write order:
+temp dir -> fsync -> rename -> COMPLETE, so a kill at any point never leaves a
+checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fine_tune_cli.errors import OutputError, RecipeError
+from fine_tune_cli.manifest import fsync_tree, verify_manifest, write_manifest
+
+COMPLETE = "COMPLETE"
+STATE = "trainer_state.pt"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model under DDP/FSDP/compile wrappers (what we always save)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (run_dir / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(path: Path) -> Path:
+    """--resume PATH: a run dir (newest complete checkpoint) or a checkpoint dir."""
+    if (path / COMPLETE).is_file() and (path / STATE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise RecipeError(f"--resume: {path} holds no complete checkpoint")
+    return latest
+
+
+def save_model_dir(
+    target: Path, model: torch.nn.Module, tokenizer: Any | None, **meta: Any
+) -> None:
+    """Write an HF model dir (+ tokenizer + manifest) atomically, replacing `target`."""
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        write_manifest(tmp, **meta)
+        fsync_tree(tmp)
+        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{target}: cannot write model ({exc.strerror})") from None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    recipe_yaml: str,
+    keep_last: int,
+) -> Path:
+    root = run_dir / "checkpoints"
+    final = root / step_name(step)
+    tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+        torch.save(state, tmp / STATE)
+        (tmp / "recipe.lock.yaml").write_text(recipe_yaml)
+        write_manifest(tmp, step=step)
+        fsync_tree(tmp)
+        if final.exists():  # an incomplete leftover of a killed run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        (final / COMPLETE).write_text(f"{step}\n")
+        fsync_tree(final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{final}: cannot write checkpoint ({exc.strerror})") from None
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, trainer state), after checking the manifest; never unpickles code."""
+    from safetensors.torch import load_file
+
+    verify_manifest(path)
+    weights = load_file(str(path / "model.safetensors"))
+    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    return weights, state

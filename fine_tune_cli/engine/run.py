@@ -1,0 +1,270 @@
+"""`ftc train` behind the CLI: run dir, data, model, optimizer, resume, then the loop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fine_tune_cli.errors import FtcError, RecipeError
+from fine_tune_cli.recipe import LoadedRecipe, Recipe, dump_recipe, validate_tree
+from fine_tune_cli.runs import RECIPE_LOCK, RunDir, environment, now, write_json_atomic
+
+log = logging.getLogger("ftc")
+
+# Recipe keys that may change between a checkpoint and its resume (they do not change
+# the result). Everything else under model/data/optim/schedule/train must match.
+RESUME_FREE = {
+    "name",
+    "description",
+    "data.cache_dir",
+    "data.source.path",  # compared by content hash instead
+    "train.eval_every",
+    "train.save_every",
+    "train.keep_last",
+    "train.run_dir",
+    "train.num_workers",
+    "train.eval_batch_size",
+    "train.device",
+    "train.compile",
+    "train.early_stopping.patience",
+    "train.early_stopping.min_delta",
+    "train.best_metric",
+    "train.best_mode",
+    "train.batch_size",  # compared as the global batch below
+    "train.grad_accum",
+    "train.distributed.strategy",
+    "train.distributed.timeout_s",
+    "log",
+    "export",
+}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) -> list[str]:
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == free or key.startswith(free + ".") for free in RESUME_FREE):
+            continue
+        if a.get(key) != b.get(key):
+            changed.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
+    g_old = old.train.batch_size * old.train.grad_accum * old_world
+    g_new = new.train.batch_size * new.train.grad_accum * new_world
+    if g_old != g_new:
+        changed.append(f"global batch ({g_old} -> {g_new})")
+    return changed
+
+
+def model_context(recipe: Recipe, prepared: Any) -> Any:
+    from fine_tune_cli.models.registry import BuildContext, resolve_init_dir
+
+    tok = prepared.tokenizer
+    return BuildContext(
+        vocab_size=len(tok),
+        label_names=tuple(prepared.label_names),
+        max_length=recipe.data.max_length,
+        pad_token_id=tok.pad_token_id,
+        init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
+    )
+
+
+def build_task(recipe: Recipe, prepared: Any) -> Any:
+    from fine_tune_cli.engine.tasks import TASKS
+
+    cls = TASKS.get(recipe.model.task)
+    return cls(
+        pad_id=prepared.tokenizer.pad_token_id,
+        label_names=prepared.label_names,
+        class_weights=prepared.manifest.get("class_weights"),
+    )
+
+
+def describe_model(model: torch.nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} with {n / 1e6:.2f}M parameters"
+
+
+def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -> dict[str, Any]:
+    from fine_tune_cli.console import Progress, add_log_file
+    from fine_tune_cli.data.prepare import prepare_dataset
+    from fine_tune_cli.engine import checkpoint as ckpt
+    from fine_tune_cli.engine.distributed import Dist
+    from fine_tune_cli.engine.optim import Schedule, build_optimizer
+    from fine_tune_cli.engine.runtime import Precision, pick_device, seed_everything, set_rng_state
+    from fine_tune_cli.engine.trainer import TrainerState, fit, total_steps
+    from fine_tune_cli.models.registry import build_model, load_info_lines
+
+    recipe = loaded.recipe
+    dist = Dist(recipe.train.distributed.strategy, recipe.train.distributed.timeout_s)
+    device = pick_device(recipe.train.device)
+    precision = Precision(recipe.train.precision, device)
+    dist.init(device)
+    run = RunDir(recipe.run_dir())
+    started = time.time()
+    handler = None
+    if dist.is_main:
+        run.acquire()
+    try:
+        resume_from: Path | None = None
+        if resume == "auto":
+            resume_from = ckpt.latest_checkpoint(run.path)
+            if resume_from is None:
+                log.info("--resume auto: no complete checkpoint in %s; starting fresh", run.path)
+        elif resume:
+            resume_from = ckpt.resolve_resume(Path(resume))
+        if resume_from is None and dist.is_main:
+            run.check_fresh_start(overwrite)
+        if dist.is_main:
+            prepared, cached = prepare_dataset(recipe)
+        dist.barrier()
+        if not dist.is_main:
+            prepared, cached = prepare_dataset(recipe)
+        log.info(
+            "data: %s (%s); %s",
+            prepared.path,
+            "cache hit" if cached else "prepared",
+            ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items()),
+        )
+        weights = saved = None
+        if resume_from is not None:
+            weights, saved = ckpt.load_checkpoint(resume_from)
+            old = validate_tree(yaml.safe_load((resume_from / RECIPE_LOCK).read_text()))
+            changed = resume_mismatches(old, recipe, saved["world"], dist.world)
+            if saved["data_hash"] != prepared.hash:
+                changed.append("data (prepared data hash differs)")
+            if changed:
+                raise RecipeError(
+                    f"--resume: {resume_from} was trained with a different recipe: "
+                    + "; ".join(changed)
+                )
+        if dist.is_main:
+            (run.path / RECIPE_LOCK).write_text(dump_recipe(recipe))
+            handler = add_log_file(run.path / "train.log")
+            provenance = {
+                "status": "running",
+                "started": now(),
+                "recipe_source": loaded.source,
+                "overrides": list(loaded.overrides),
+                "data": {"hash": prepared.hash, "path": str(prepared.path), "cache_hit": cached},
+                "device": str(device),
+                "precision": recipe.train.precision,
+                "world_size": dist.world,
+                "resumed_from": str(resume_from) if resume_from else None,
+                "environment": environment(),
+            }
+            write_json_atomic(run.provenance_file, provenance)
+
+        seed_everything(recipe.train.seed)
+        ctx = model_context(recipe, prepared)
+        model = build_model(recipe.model, ctx)
+        log.info("model: %s", describe_model(model))
+        if ctx.init_dir is not None:
+            log.info("initialised from %s", ctx.init_dir)
+            for line in load_info_lines(getattr(model, "ftc_loading_info", {})):
+                log.info("  %s", line)
+        if weights is not None:
+            model.load_state_dict(weights, strict=False)
+            model.tie_weights()
+        if recipe.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.to(device)
+        model = dist.wrap(model, device)
+        if recipe.train.compile:
+            model = torch.compile(model)
+        optimizer = build_optimizer(model, recipe.optim)
+        steps = total_steps(recipe, len(prepared.splits["train"]), dist.world)
+        schedule = Schedule(optimizer, recipe.schedule, steps)
+        state = TrainerState()
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            precision.load_state_dict(saved["scaler"])
+            set_rng_state(saved["rng"])
+            state = TrainerState(**saved["trainer"])
+            if dist.is_main:
+                run.truncate_history(state.step)
+            log.info("resumed from %s at step %d", resume_from, state.step)
+        task = build_task(recipe, prepared)
+        recipe_yaml = dump_recipe(recipe)
+
+        def save_best(step: int, metrics: dict[str, float]) -> None:
+            ckpt.save_model_dir(
+                run.best,
+                model,
+                prepared.tokenizer,
+                step=step,
+                metrics=metrics,
+                data_hash=prepared.hash,
+                recipe=yaml.safe_load(recipe_yaml),
+            )
+
+        progress = Progress(steps, state.step)
+        try:
+            result = fit(
+                recipe=recipe,
+                model=model,
+                task=task,
+                train=prepared.splits["train"],
+                valid=prepared.splits.get("validation"),
+                optimizer=optimizer,
+                schedule=schedule,
+                precision=precision,
+                device=device,
+                run=run,
+                dist=dist,
+                save_best=save_best,
+                state=state,
+                progress=progress,
+                extra_state={"world": dist.world, "data_hash": prepared.hash},
+            )
+        finally:
+            progress.close()
+        if dist.is_main and result.state.best_step is None:
+            save_best(result.state.step, {})  # no validation split: the last model is best
+        summary = {
+            "steps": result.state.step,
+            "epochs": result.state.epoch,
+            "best_step": result.state.best_step or result.state.step,
+            "stopped_early": result.state.stopped_early,
+            "seconds": round(time.time() - started, 2),
+        }
+        if dist.is_main:
+            write_json_atomic(
+                run.provenance_file,
+                run.provenance() | {"status": "complete", "finished": now(), "summary": summary},
+            )
+        log.info(
+            "done: %d steps in %.1fs; best step %s",
+            summary["steps"],
+            summary["seconds"],
+            summary["best_step"],
+        )
+        return {"run_dir": str(run.path), "metrics": result.state.last_eval, **summary}
+    except FtcError as exc:
+        if dist.is_main and run.provenance_file.is_file():
+            write_json_atomic(
+                run.provenance_file,
+                run.provenance() | {"status": exc.status, "finished": now(), "error": exc.message},
+            )
+        raise
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        run.release()
+        dist.close()

@@ -1,0 +1,259 @@
+"""The training loop: one function. Accumulation, precision, clipping, schedule, eval
+cadence, best/last checkpoints, early stopping, exact resume, signals, NaN guard.
+
+Runtime concerns (precision, checkpoints, distributed) live in their own modules; the
+task (loss, batching, evaluation) comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fine_tune_cli.data.batching import epoch_order, step_groups
+from fine_tune_cli.data.store import PreparedSplit
+from fine_tune_cli.engine import checkpoint as ckpt
+from fine_tune_cli.engine.distributed import Dist
+from fine_tune_cli.engine.optim import Schedule
+from fine_tune_cli.engine.runtime import Precision, rng_state
+from fine_tune_cli.engine.tasks import to_device
+from fine_tune_cli.errors import DivergedError, Interrupted, RecipeError
+from fine_tune_cli.evaluation.metrics import flat_metrics
+from fine_tune_cli.recipe import Recipe
+from fine_tune_cli.runs import RunDir
+
+log = logging.getLogger("ftc")
+
+
+@dataclass
+class TrainerState:
+    """Everything about progress that a checkpoint must restore (besides tensors)."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps of the current epoch already done
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    bad_steps: int = 0
+    stopped_early: bool = False
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    state: TrainerState
+    total_steps: int
+    seconds: float
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits 143/130."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.signum = signum
+        log.warning(
+            "received %s: finishing this step and saving a checkpoint", signal.Signals(signum).name
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def total_steps(recipe: Recipe, n_train: int, world: int) -> int:
+    spec = recipe.train
+    per_epoch = math.ceil(math.ceil(n_train / (spec.batch_size * world)) / spec.grad_accum)
+    return spec.max_steps or spec.epochs * per_epoch
+
+
+def fit(
+    *,
+    recipe: Recipe,
+    model: torch.nn.Module,
+    task: Any,
+    train: PreparedSplit,
+    valid: PreparedSplit | None,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    precision: Precision,
+    device: torch.device,
+    run: RunDir,
+    dist: Dist,
+    save_best: Any,
+    state: TrainerState,
+    progress: Any,
+    extra_state: dict[str, Any],
+) -> TrainResult:
+    spec = recipe.train
+    recipe_yaml = (run.path / "recipe.lock.yaml").read_text()
+    steps_total = total_steps(recipe, len(train), dist.world)
+    mode = spec.mode()
+    eval_bs = spec.eval_batch_size or 2 * spec.batch_size
+    nan_at = int(os.environ.get("FTC_FAULT_NAN_STEP", "0"))  # fault injection for tests
+    params = [p for p in model.parameters() if p.requires_grad]
+    started = time.time()
+    last_ckpt: Path | None = ckpt.latest_checkpoint(run.path)
+
+    def evaluate() -> dict[str, float]:
+        result = task.evaluate(model, valid, eval_bs, device, precision.autocast)
+        metrics = flat_metrics(result.metrics)
+        if dist.is_main:
+            run.log_metrics(
+                {"step": state.step, "epoch": state.epoch, "split": "validation"}
+                | {f"eval_{k}": v for k, v in metrics.items()}
+            )
+        return metrics
+
+    def checkpoint() -> Path:
+        payload = {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": precision.state_dict(),
+            "rng": rng_state(),
+            "trainer": asdict(state),
+            **extra_state,
+        }
+        return ckpt.save_checkpoint(
+            run.path, state.step, model, payload, recipe_yaml, spec.keep_last
+        )
+
+    model.train()
+    with StopFlag() as stop:
+        while state.step < steps_total and not state.stopped_early:
+            groups = step_groups(
+                dist.shard(epoch_order(len(train), spec.seed, state.epoch)),
+                spec.batch_size,
+                spec.grad_accum,
+            )
+            for group in groups[state.step_in_epoch :]:
+                t0 = time.perf_counter()
+                batches = [to_device(task.collate(train, idx), device) for idx in group]
+                data_wait = time.perf_counter() - t0
+                units = dist.sum(sum(task.units(b) for b in batches))
+                step_loss = torch.zeros((), device=device)
+                for i, batch in enumerate(batches):
+                    # Each micro-batch's mean loss, weighted by its share of the step, so
+                    # k micro-batches of b equal one batch of k*b (and DDP averages ranks).
+                    with dist.no_sync(model, last=i == len(batches) - 1), precision.autocast():
+                        loss = task.loss(model, batch) * (task.units(batch) * dist.world / units)
+                    if nan_at and state.step + 1 == nan_at:
+                        loss = loss * float("nan")
+                    precision.backward(loss)
+                    step_loss += loss.detach()
+                loss_value = dist.sum(float(step_loss)) / dist.world
+                state.step += 1
+                state.step_in_epoch += 1
+                epoch_done = state.step_in_epoch == len(groups)
+                if not math.isfinite(loss_value):
+                    state.bad_steps += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if state.bad_steps > spec.max_bad_steps:
+                        raise DivergedError(
+                            f"non-finite loss at step {state.step}; last good checkpoint:"
+                            f" {last_ckpt or 'none'} (lower optim.lr, set train.clip_grad_norm,"
+                            " or allow skips with train.max_bad_steps)"
+                        )
+                    log.warning("non-finite loss at step %d: batch skipped", state.step)
+                    grad_norm = float("nan")
+                else:
+                    precision.unscale(optimizer)
+                    grad_norm = float(
+                        torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm or float("inf"))
+                    )
+                    precision.step(optimizer)
+                    optimizer.zero_grad(set_to_none=True)
+                    schedule.step()
+                if epoch_done:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                step_time = time.perf_counter() - t0
+                if dist.is_main and (state.step % recipe.log.every == 0 or state.step == 1):
+                    run.log_metrics(
+                        {
+                            "step": state.step,
+                            "epoch": state.epoch,
+                            "loss": loss_value,
+                            "lr": schedule.last_lr(),
+                            "grad_norm": grad_norm,
+                            "samples_per_s": units / step_time,
+                            "tokens_per_s": dist.sum(sum(task.tokens(b) for b in batches))
+                            / step_time,
+                            "step_time": step_time,
+                            "data_wait": data_wait,
+                        }
+                    )
+                progress.update(state.step, f"loss {loss_value:.4f}")
+                final = state.step >= steps_total
+                due_eval = (spec.eval_every == "epoch" and epoch_done) or (
+                    isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0
+                )
+                evaluated = False
+                if valid is not None and len(valid) and (due_eval or final):
+                    metrics = evaluate()
+                    state.last_eval = metrics
+                    evaluated = True
+                    if spec.best_metric not in metrics:
+                        raise RecipeError(
+                            f"train.best_metric: '{spec.best_metric}' is not computed for this"
+                            f" task (available: {', '.join(sorted(metrics))})"
+                        )
+                    value = metrics[spec.best_metric]
+                    schedule.observe(value, mode)
+                    delta = spec.early_stopping.min_delta
+                    better = state.best_value is None or (
+                        value < state.best_value - delta
+                        if mode == "min"
+                        else value > state.best_value + delta
+                    )
+                    shown = " ".join(
+                        f"{k}={v:.4f}"
+                        for k, v in metrics.items()
+                        if k in ("loss", "accuracy", "f1_macro", "perplexity", spec.best_metric)
+                    )
+                    log.info("step %d eval: %s%s", state.step, shown, " (best)" if better else "")
+                    if better:
+                        state.best_value, state.best_step, state.bad_evals = value, state.step, 0
+                        if dist.is_main:
+                            save_best(state.step, metrics)
+                    else:
+                        state.bad_evals += 1
+                        patience = spec.early_stopping.patience
+                        if patience and state.bad_evals >= patience:
+                            state.stopped_early = True
+                            log.info("early stopping: %d evals without improvement", patience)
+                due_save = (spec.save_every and state.step % spec.save_every == 0) or (
+                    spec.save_every is None and evaluated
+                )
+                if due_save or final or state.stopped_early or stop.signum:
+                    if dist.is_main:
+                        last_ckpt = checkpoint()
+                    dist.barrier()
+                if stop.signum:
+                    raise Interrupted(
+                        f"interrupted at step {state.step}; checkpoint saved: {last_ckpt}"
+                        f" (continue with --resume auto)",
+                        stop.signum,
+                    )
+                if final or state.stopped_early:
+                    break
+    return TrainResult(state=state, total_steps=steps_total, seconds=time.time() - started)

@@ -1,0 +1,191 @@
+"""`ftc eval`: evaluate a run's best (or a checkpoint's) model on a split or a new file,
+write metrics.json + report, compare with another run, and gate on --fail-under."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fine_tune_cli.errors import DataError, GateError, RecipeError
+from fine_tune_cli.evaluation.metrics import flat_metrics
+from fine_tune_cli.recipe import LOWER_IS_BETTER
+from fine_tune_cli.targets import Target, load_model, resolve_target
+
+log = logging.getLogger("ftc")
+
+
+def parse_gates(items: list[str]) -> dict[str, float]:
+    gates = {}
+    for item in items:
+        match = re.fullmatch(r"\s*([a-z_0-9]+)\s*=\s*([-+0-9.eE]+)\s*", item)
+        if not match:
+            raise RecipeError(f"--fail-under '{item}': expected METRIC=VALUE, e.g. accuracy=0.9")
+        gates[match.group(1)] = float(match.group(2))
+    return gates
+
+
+def _split_from_file(target: Target, prepared: Any, data_file: Path) -> Any:
+    """Run a new file through the run's pipeline and tokenizer (labels must be known)."""
+    from fine_tune_cli.data.prepare import _encode, load_records
+    from fine_tune_cli.data.store import PreparedSplit
+
+    recipe = target.recipe.model_copy(
+        update={
+            "data": target.recipe.data.model_copy(
+                update={
+                    "source": target.recipe.data.source.model_copy(update={"path": str(data_file)})
+                }
+            )
+        }
+    )
+    records, _ = load_records(recipe)
+    index = {name: i for i, name in enumerate(prepared.label_names)}
+    unknown = sorted({r["label"] for r in records} - set(index))
+    if unknown:
+        raise DataError(
+            f"{data_file}: labels not seen in training: {', '.join(unknown[:5])}"
+            f" (known: {', '.join(prepared.label_names[:10])})"
+        )
+    ids = _encode(prepared.tokenizer, [r["text"] for r in records], recipe.data.max_length)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    labels = np.array([index[r["label"]] for r in records], dtype=np.int64)
+    split = PreparedSplit(name=data_file.stem, input_ids=flat, offsets=offsets, labels=labels)
+    return split, [r["text"] for r in records]
+
+
+def evaluate_target(
+    target_path: str,
+    *,
+    split: str | None,
+    data_file: str | None,
+    batch_size: int | None = None,
+) -> tuple[Target, str, dict[str, Any], dict[str, Any], list[str]]:
+    from fine_tune_cli.data.prepare import prepare_dataset
+    from fine_tune_cli.engine.run import build_task
+    from fine_tune_cli.engine.runtime import Precision, pick_device
+
+    target = resolve_target(target_path)
+    recipe = target.recipe
+    prepared, _ = prepare_dataset(recipe)
+    if data_file:
+        path = Path(data_file)
+        if not path.is_file():
+            raise DataError(f"{path}: --data file not found")
+        data, texts = _split_from_file(target, prepared, path)
+        split_name = path.stem
+    else:
+        split_name = split or prepared.default_eval_split()
+        if split_name not in prepared.splits or not len(prepared.splits[split_name]):
+            have = [k for k, v in prepared.splits.items() if len(v)]
+            raise RecipeError(f"--split: no '{split_name}' split (have: {', '.join(have)})")
+        data = prepared.splits[split_name]
+        texts = data.texts(prepared.path)
+    device = pick_device(recipe.train.device)
+    model = load_model(target).to(device)
+    task = build_task(recipe, prepared)
+    bs = batch_size or recipe.train.eval_batch_size or 2 * recipe.train.batch_size
+    precision = Precision(recipe.train.precision, device)
+    result = task.evaluate(model, data, bs, device, precision.autocast)
+    return target, split_name, result.metrics, result.details, texts
+
+
+def misclassified(details: dict[str, Any], texts: list[str], labels: list[str], k: int = 20):
+    probs, y = details.get("probs"), details.get("labels")
+    if probs is None or not texts:
+        return []
+    pred = probs.argmax(1)
+    wrong = np.nonzero(pred != y)[0]
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:k]
+    return [
+        {
+            "text": texts[i],
+            "true": labels[y[i]],
+            "pred": labels[pred[i]],
+            "score": round(float(probs[i, pred[i]]), 4),
+        }
+        for i in wrong
+    ]
+
+
+def run_eval(
+    target_path: str,
+    *,
+    split: str | None,
+    data_file: str | None,
+    compare: str | None,
+    fail_under: list[str],
+) -> dict[str, Any]:
+    from fine_tune_cli.evaluation.report import write_report
+
+    gates = parse_gates(fail_under)
+    with torch.inference_mode():
+        target, split_name, metrics, details, texts = evaluate_target(
+            target_path, split=split, data_file=data_file
+        )
+    labels = _labels(target)
+    base = target.run.path if target.run else target.model_dir
+    out_dir = base / "eval" / split_name
+    examples = misclassified(details, texts, labels)
+    outputs = write_report(
+        out_dir,
+        metrics,
+        title=f"{target.recipe.name}: {split_name}",
+        label_names=labels or None,
+        history=target.run.history() if target.run else None,
+        examples=examples,
+    )
+    flat = flat_metrics(metrics)
+    payload: dict[str, Any] = {
+        "run_dir": str(target.run.path) if target.run else None,
+        "split": split_name,
+        "outputs": outputs,
+        "metrics": flat,
+    }
+    if compare:
+        with torch.inference_mode():
+            _, _, other, _, _ = evaluate_target(
+                compare, split=split_name if not data_file else None, data_file=data_file
+            )
+        other_flat = flat_metrics(other)
+        payload["compare"] = {
+            "run_dir": compare,
+            "metrics": other_flat,
+            "delta": {k: flat[k] - other_flat[k] for k in flat if k in other_flat},
+        }
+    failed = []
+    for name, threshold in gates.items():
+        if name not in flat:
+            raise RecipeError(
+                f"--fail-under: metric '{name}' not computed (have: {', '.join(flat)})"
+            )
+        value = flat[name]
+        bad = value > threshold if name in LOWER_IS_BETTER else value < threshold
+        if bad:
+            failed.append(
+                f"{name} {value:.4f} {'>' if name in LOWER_IS_BETTER else '<'} {threshold}"
+            )
+    if failed:
+        payload["gate"] = {"failed": failed}
+        error = GateError("gate failed: " + "; ".join(failed) + f" (report: {outputs['metrics']})")
+        error.payload = payload
+        raise error
+    return payload
+
+
+def _labels(target: Target) -> list[str]:
+    import json
+
+    config = json.loads((target.model_dir / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return (
+        [id2label[str(i)] for i in range(len(id2label))]
+        if target.recipe.model.task == "classification"
+        else []
+    )

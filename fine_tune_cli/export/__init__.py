@@ -1,0 +1,1 @@
+"""Export formats (one registry) and the parity gate every export must pass."""

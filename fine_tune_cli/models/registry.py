@@ -1,0 +1,135 @@
+"""Model registry: families (size presets, tokenizer kind) and family/task builders.
+
+Registration is import-light (no torch/transformers at import) so the recipe schema can
+validate names without slowing `ftc --help`; builders import transformers lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fine_tune_cli.errors import RecipeError
+from fine_tune_cli.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fine_tune_cli.recipe import ModelSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    presets: dict[str, dict[str, int]]
+    tokenizer_kind: str | None  # trained tokenizer kind; None for image families
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder needs beyond the recipe's model spec (known after prepare)."""
+
+    vocab_size: int | None = None
+    label_names: tuple[str, ...] = ()
+    max_length: int = 128
+    pad_token_id: int | None = None
+    special_ids: dict[str, int] = field(default_factory=dict)
+    image_size: int | None = None
+    num_channels: int | None = None
+    init_dir: Path | None = None  # resolved HF model dir to start from
+
+
+Builder = Callable[["ModelSpec", BuildContext], "nn.Module"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    family: str
+    task: str
+    build: Builder
+    auto_class: str  # transformers Auto class that loads an exported HF dir
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_family(family: Family) -> None:
+    FAMILIES.add(family.name, family)
+
+
+def register_model(family: str, task: str, auto_class: str) -> Callable[[Builder], Builder]:
+    def decorate(fn: Builder) -> Builder:
+        MODELS.add(f"{family}/{task}", ModelEntry(family, task, fn, auto_class))
+        return fn
+
+    return decorate
+
+
+def preset_config(spec: ModelSpec) -> dict[str, int | float]:
+    """The size preset with the recipe's explicit overrides applied."""
+    values: dict[str, int | float] = dict(FAMILIES.get(spec.family).presets[spec.size])
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "dropout"):
+        value = getattr(spec, key)
+        if value is not None:
+            values[key] = value
+    if values["hidden_size"] % values["num_heads"]:
+        raise RecipeError(
+            f"model: hidden_size {values['hidden_size']} is not divisible by"
+            f" num_heads {values['num_heads']}"
+        )
+    return values
+
+
+def resolve_init_dir(path: str | Path) -> Path:
+    """An HF model dir to load from: a model dir, one of our run dirs, or a checkpoint."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        found = path
+    elif (path / "best" / "config.json").is_file():
+        found = path / "best"
+    else:
+        ckpts = sorted(
+            p for p in (path / "checkpoints").glob("step-*") if (p / "COMPLETE").is_file()
+        )
+        if not ckpts:
+            raise RecipeError(
+                f"model.init_from: {path} holds no model (expected config.json, best/ or"
+                " complete checkpoints/step-*)"
+            )
+        found = ckpts[-1]
+    config = json.loads((found / "config.json").read_text())
+    if config.get("auto_map") or config.get("trust_remote_code"):
+        raise RecipeError(
+            f"model.init_from: {found}/config.json asks for remote code (auto_map); refused"
+        )
+    return found
+
+
+def get_model(spec: ModelSpec) -> ModelEntry:
+    return MODELS.get(f"{spec.family}/{spec.task}")
+
+
+def build_model(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
+    return get_model(spec).build(spec, ctx)
+
+
+def load_info_lines(info: dict[str, Any]) -> list[str]:
+    """Human lines saying which weights were loaded, newly initialised or dropped."""
+    lines = []
+    if info.get("missing_keys"):
+        lines.append(f"newly initialised: {_summarise(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        lines.append(f"dropped (not used by this task): {_summarise(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        lines.append(f"re-initialised (shape changed): {_summarise(info['mismatched_keys'])}")
+    return lines
+
+
+def _summarise(keys: list[Any]) -> str:
+    names = [k[0] if isinstance(k, tuple) else str(k) for k in keys]
+    shown = ", ".join(names[:6])
+    return f"{len(names)} tensors ({shown}{', ...' if len(names) > 6 else ''})"

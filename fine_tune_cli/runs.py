@@ -1,0 +1,219 @@
+"""Run directories: layout, the lock, recipe.lock.yaml, provenance and metrics.jsonl.
+
+```
+runs/<name>/ recipe.lock.yaml provenance.json metrics.jsonl train.log .lock
+             checkpoints/step-000200/  best/  eval/<split>/  export/<format>/
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fine_tune_cli.errors import ConflictError, OutputError
+
+LOCK = ".lock"
+PROVENANCE = "provenance.json"
+RECIPE_LOCK = "recipe.lock.yaml"
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train.log"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temp file + rename so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """One run's directory; holds the lock while a command writes into it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._locked = False
+
+    # -- layout ------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def provenance_file(self) -> Path:
+        return self.path / PROVENANCE
+
+    def provenance(self) -> dict[str, Any]:
+        return read_json(self.provenance_file)
+
+    def is_complete(self) -> bool:
+        return self.provenance().get("status") == "complete"
+
+    def has_checkpoints(self) -> bool:
+        return any(self.checkpoints.glob("step-*/COMPLETE"))
+
+    # -- lock --------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Exclusive lock (O_EXCL file with our pid); a dead owner's lock is taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = read_json(lock)
+                pid = int(owner.get("pid", 0) or 0)
+                same_host = owner.get("host") == socket.gethostname()
+                if pid and (not same_host or _pid_alive(pid)):
+                    raise ConflictError(
+                        f"{self.path}: run dir is in use by pid {pid} on {owner.get('host')}"
+                        f" (remove {lock} if that process is gone)"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale lock of a dead process
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, fh)
+            self._locked = True
+            return
+        raise ConflictError(f"{self.path}: cannot take the run lock {lock}")
+
+    def release(self) -> None:
+        if self._locked:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self._locked = False
+
+    def __enter__(self) -> RunDir:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- starting a run ----------------------------------------------------------------
+    def check_fresh_start(self, overwrite: bool) -> None:
+        """Refuse to silently clobber a complete or unfinished run."""
+        if overwrite:
+            for child in self.path.iterdir():
+                if child.name == LOCK:
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            return
+        if self.is_complete():
+            raise ConflictError(
+                f"{self.path}: holds a complete run; pass --overwrite to replace it,"
+                " --resume to continue it, or set train.run_dir"
+            )
+        if self.has_checkpoints():
+            raise ConflictError(
+                f"{self.path}: holds an unfinished run; pass --resume auto to continue it"
+                " or --overwrite to start again"
+            )
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        try:
+            with open(self.metrics_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, default=float) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{self.metrics_file}: cannot write ({exc.strerror})") from None
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.is_file():
+            return []
+        out = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return out
+
+    def truncate_history(self, step: int) -> None:
+        """On resume, drop log lines after the checkpoint so the log matches one run."""
+        kept = [r for r in self.history() if r.get("step", 0) <= step]
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))
+        os.replace(tmp, self.metrics_file)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and host facts for provenance.json."""
+    import numpy
+    import tokenizers
+    import torch
+    import transformers
+
+    from fine_tune_cli import __version__
+
+    return {
+        "ftc": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "git_sha": git_sha(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "argv": sys.argv,
+    }

@@ -1,0 +1,73 @@
+"""Resolve what eval/export are pointed at: a run dir, a checkpoint or a model dir."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fine_tune_cli.errors import RecipeError
+from fine_tune_cli.recipe import Recipe, validate_tree
+from fine_tune_cli.runs import RECIPE_LOCK, RunDir
+
+
+@dataclass
+class Target:
+    run: RunDir | None
+    model_dir: Path
+    recipe: Recipe
+
+
+def resolve_target(path: str | Path) -> Target:
+    from fine_tune_cli.engine.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: no such run dir, checkpoint or model dir")
+    if (path / RECIPE_LOCK).is_file() and not (path / "config.json").is_file():
+        run = RunDir(path)
+        model_dir = run.best if (run.best / "config.json").is_file() else latest_checkpoint(path)
+        if model_dir is None:
+            raise RecipeError(f"{path}: run dir holds no model yet (no best/ or checkpoint)")
+        return Target(run, model_dir, _recipe_from(path / RECIPE_LOCK))
+    if (path / "config.json").is_file():
+        if (path / RECIPE_LOCK).is_file():  # a checkpoint dir
+            return Target(RunDir(path.parent.parent), path, _recipe_from(path / RECIPE_LOCK))
+        manifest = _read_manifest(path)
+        if "recipe" not in manifest:
+            raise RecipeError(f"{path}: model dir has no recipe in manifest.json (not made by ftc)")
+        run_dir = manifest.get("run_dir")
+        run = RunDir(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+        return Target(run, path, validate_tree(manifest["recipe"]))
+    raise RecipeError(
+        f"{path}: not a run dir, checkpoint or model dir (no {RECIPE_LOCK} or config.json)"
+    )
+
+
+def _recipe_from(path: Path) -> Recipe:
+    return validate_tree(yaml.safe_load(path.read_text()), default_origin=str(path))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_model(target: Target) -> Any:
+    """Load the target's weights with the transformers Auto class (after sha256 checks)."""
+    import transformers
+
+    from fine_tune_cli.manifest import verify_manifest
+    from fine_tune_cli.models.registry import get_model
+
+    verify_manifest(target.model_dir)
+    entry = get_model(target.recipe.model)
+    cls = getattr(transformers, entry.auto_class)
+    model = cls.from_pretrained(str(target.model_dir), local_files_only=True, use_safetensors=True)
+    model.eval()
+    return model
