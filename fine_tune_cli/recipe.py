@@ -411,7 +411,7 @@ def _interpolate(value: Any, where: str, problems: list[str]) -> Any:
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
+        if os.environ.get(name) or (name in os.environ and default is None):
             return os.environ[name]
         if default is not None:
             return default
@@ -537,7 +537,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, str) and _FLOAT.fullmatch(parsed.strip()):
+        parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string; users mean a number
     return key, parsed
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_recipe(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
@@ -552,7 +557,7 @@ def load_recipe(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         problems: list[str] = []
         value = _interpolate(value, key, problems)
         if problems:
-            raise RecipeError(problems)
+            raise RecipeError([f"override '{text}': {p}" for p in problems])
         if key in PATH_KEYS and isinstance(value, str) and value:
             value = str(Path(value).expanduser().resolve())
         _set(tree, key, value)
@@ -574,9 +579,10 @@ def validate_tree(
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            dotted = _dotted(err["loc"])
+            text = _describe_error(err, Recipe)
+            dotted = text.partition(": ")[0]  # the full key, sub-key of section checks included
             origin = _origin_of(dotted, origins, default_origin)
-            problems.append(f"{origin}: {_describe_error(err, Recipe)}")
+            problems.append(f"{origin}: {text}")
         raise RecipeError(list(dict.fromkeys(problems))) from None
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from fine_tune_cli.cli import eval as eval_cmd
 from fine_tune_cli.cli import export, prepare, recipes, train, verify
@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=args, prog_name="ftc", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        message = exc.format_message()
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+    except typer.Abort:
+        sys.exit(130)
+    except TyperException as exc:  # usage errors: unknown option, missing argument, ...
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
         sys.stderr.write(f"error: {message}{hint}\n")
         if "--json" in args:
             command = next((a for a in args if not a.startswith("-")), "ftc")
             emit_json(error_payload(command, 2, message))
         sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

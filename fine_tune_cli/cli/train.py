@@ -32,8 +32,12 @@ def train(
         loaded = load_recipe(recipe, overrides or [])
         if dry_run:
             from fine_tune_cli.checks import check_recipe
+            from fine_tune_cli.runs import RunDir
 
-            return check_recipe(loaded, build_model=True)
+            report = check_recipe(loaded, build_model=True)
+            if not resume and not overwrite:  # the real run would refuse it: so does this
+                RunDir(loaded.recipe.run_dir()).check_fresh_start(overwrite=False)
+            return report
         from fine_tune_cli.engine.run import run_training
 
         return run_training(loaded, resume=resume, overwrite=overwrite)

@@ -117,6 +117,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     run = RunDir(recipe.run_dir())
     started = time.time()
     handler = None
+    owns_provenance = False  # only a run this call started may have its status changed
     if dist.is_main:
         run.acquire()
     try:
@@ -168,6 +169,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
                 "environment": environment(),
             }
             write_json_atomic(run.provenance_file, provenance)
+            owns_provenance = True
 
         seed_everything(recipe.train.seed)
         ctx = model_context(recipe, prepared)
@@ -254,9 +256,10 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             summary["seconds"],
             summary["best_step"],
         )
-        return {"run_dir": str(run.path), "metrics": result.state.last_eval, **summary}
+        metrics = {**result.state.last_eval, "best_step": summary["best_step"]}
+        return {"run_dir": str(run.path), "metrics": metrics, **summary}
     except FtcError as exc:
-        if dist.is_main and run.provenance_file.is_file():
+        if owns_provenance:
             write_json_atomic(
                 run.provenance_file,
                 run.provenance() | {"status": exc.status, "finished": now(), "error": exc.message},

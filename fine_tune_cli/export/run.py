@@ -94,8 +94,8 @@ def run_export(
         write_manifest(
             tmp,
             format=fmt,
-            source=str(target.model_dir),
-            run_dir=result["run_dir"],
+            source=str(target.model_dir.resolve()),
+            run_dir=str(target.run.path.resolve()) if target.run else None,
             recipe=target.recipe.resolved(),
             parity=parity,
             tolerances=result["tolerances"],
