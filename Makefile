@@ -7,14 +7,14 @@ TORCH ?= torch==2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: install demo test test-slow fuzz lint format bench clean
+.PHONY: install demo test test-slow lint format docs clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet "$(TORCH)" || echo "note: $(TORCH) not available here; pip resolves torch from the index"
-	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench,tensorboard]"
 	touch $@
 
 demo: install
@@ -38,3 +38,6 @@ format: install
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+docs: install
+	$(PY) -m fine_tune_cli.reference README.md

@@ -37,7 +37,6 @@ PATH_KEYS = (
     "data.cache_dir",
     "model.init_from",
     "train.run_dir",
-    "train.distill.teacher",
 )
 
 
@@ -193,7 +192,7 @@ class DataSpec(Strict):
 
 # --------------------------------------------------------------------------- optim
 class OptimSpec(Strict):
-    name: str = Field("adamw", description="sgd | adam | adamw | rmsprop.")
+    name: str = Field("adamw", description="sgd, adam, adamw or rmsprop.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="Decay (never on biases or LayerNorm).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
@@ -252,12 +251,6 @@ class DistributedSpec(Strict):
     timeout_s: int = Field(600, gt=0, description="Collective timeout before a rank is failed.")
 
 
-class DistillSpec(Strict):
-    teacher: str = Field(description="Run dir (or model dir) of the teacher model.")
-    temperature: float = Field(2.0, gt=0, description="Softmax temperature of soft labels.")
-    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft-label loss.")
-
-
 LOWER_IS_BETTER = {"loss", "perplexity", "ece", "reconstruction_loss"}
 
 
@@ -282,10 +275,8 @@ class TrainSpec(Strict):
     compile: bool = Field(False, description="torch.compile the model (no gain on CPU).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     max_bad_steps: int = Field(0, ge=0, description="Non-finite steps to skip before failing.")
-    num_workers: int = Field(0, ge=0, description="Reserved for loader workers.")
     run_dir: str | None = Field(None, description="Default runs/<name>.")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
-    distill: DistillSpec | None = Field(None, description="Train against a teacher's outputs.")
 
     @field_validator("eval_every")
     @classmethod
@@ -664,7 +655,6 @@ def _check_named_files(recipe: Recipe, origins: dict[str, str], default: str) ->
     named = {
         "model.init_from": recipe.model.init_from,
         "data.tokenizer.path": recipe.data.tokenizer.path,
-        "train.distill.teacher": recipe.train.distill.teacher if recipe.train.distill else None,
     }
     for key, value in named.items():
         if value and not Path(value).exists():

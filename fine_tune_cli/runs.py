@@ -68,6 +68,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._locked = False
+        self._tensorboard: Any = None
 
     # -- layout ------------------------------------------------------------------------
     @property
@@ -121,6 +122,9 @@ class RunDir:
         raise ConflictError(f"{self.path}: cannot take the run lock {lock}")
 
     def release(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         if self._locked:
             (self.path / LOCK).unlink(missing_ok=True)
             self._locked = False
@@ -155,12 +159,27 @@ class RunDir:
                 " or --overwrite to start again"
             )
 
+    def enable_tensorboard(self) -> bool:
+        """Also write TensorBoard events under tensorboard/ (when the package is there)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return False
+        self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
+        return True
+
     def log_metrics(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl line (the logger protocol: a dict of numbers at a step)."""
         try:
             with open(self.metrics_file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, default=float) + "\n")
         except OSError as exc:
             raise OutputError(f"{self.metrics_file}: cannot write ({exc.strerror})") from None
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tensorboard.add_scalar(key, value, record.get("step", 0))
+            self._tensorboard.flush()
 
     def history(self) -> list[dict[str, Any]]:
         if not self.metrics_file.is_file():

@@ -27,7 +27,6 @@ RESUME_FREE = {
     "train.save_every",
     "train.keep_last",
     "train.run_dir",
-    "train.num_workers",
     "train.eval_batch_size",
     "train.device",
     "train.compile",
@@ -170,6 +169,8 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             }
             write_json_atomic(run.provenance_file, provenance)
             owns_provenance = True
+            if recipe.log.tensorboard and not run.enable_tensorboard():
+                log.warning("log.tensorboard: the tensorboard package is not installed; skipped")
 
         seed_everything(recipe.train.seed)
         ctx = model_context(recipe, prepared)
