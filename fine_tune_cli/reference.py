@@ -49,10 +49,8 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if nested is not None and nested.__name__ != "StepSpec":
             rows.extend(_rows(nested, dotted + "."))
             continue
-        if nested is not None:  # steps: a list of registry names with parameters
-            kind = "list of steps"
-        else:
-            kind = _type_name(field.annotation)
+        # steps: a list of registry names with parameters
+        kind = "list of steps" if nested is not None else _type_name(field.annotation)
         doc = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{dotted}` | {kind} | {_default(field)} | {doc} |")
     return rows

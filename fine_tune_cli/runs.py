@@ -194,6 +194,8 @@ class RunDir:
 
     def truncate_history(self, step: int) -> None:
         """On resume, drop log lines after the checkpoint so the log matches one run."""
+        if not self.metrics_file.is_file():
+            return
         kept = [r for r in self.history() if r.get("step", 0) <= step]
         tmp = self.metrics_file.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))

@@ -10,6 +10,7 @@ import random
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from fine_tune_cli.data.store import (
 )
 from fine_tune_cli.errors import DataError, OutputError
 from fine_tune_cli.recipe import Recipe
+from fine_tune_cli.registry import Registry
 
 log = logging.getLogger("ftc")
 
@@ -113,8 +115,6 @@ def _report_line(report: list[dict[str, Any]]) -> str:
 
 
 def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
-    from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source, train_tokenizer
-
     records, report = load_records(recipe)
     log.info("read %d records; pipeline: %s", len(records), _report_line(report))
     labels = _label_names(recipe, records)
@@ -128,6 +128,43 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
         )
         report += [{**r, "split": "train"} for r in aug_report]
         log.info("augmented train split: %d -> %d records", before, len(splits["train"]))
+
+    encoded = ENCODERS.get(encoder_name(recipe))(recipe, splits, labels, out)
+    manifest = {
+        "hash": digest,
+        "format": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"path": recipe.data.source.path, "sha256": inputs["source_sha256"]},
+        "data": recipe.data.model_dump(mode="json"),
+        "task": recipe.model.task,
+        "labels": labels,
+        "class_weights": _class_weights(splits["train"], labels)
+        if recipe.data.balance == "class_weight"
+        else None,
+        "pipeline": report,
+        **encoded,  # "splits" (+ "tokenizer" for text)
+    }
+    return manifest
+
+
+# Encoders turn split records into the prepared arrays (and tokenizer/processor files).
+# Each returns manifest entries: at least {"splits": {name: {"examples": n, ...}}}.
+Encoder = Callable[[Recipe, dict[str, list[Record]], list[str], Path], dict[str, Any]]
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+def encoder_name(recipe: Recipe) -> str:
+    """Which encoder prepares a recipe's data: by task for text (classification keeps one
+    sequence per example; LM tasks pack or pair), and by family for images."""
+    return recipe.model.task
+
+
+def build_tokenizer(
+    recipe: Recipe, splits: dict[str, list[Record]], out: Path
+) -> tuple[Any, dict[str, Any]]:
+    """Load or train the recipe's tokenizer (on the train split) and save it in `out`;
+    returns it with its manifest entry."""
+    from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source, train_tokenizer
 
     kind, tok_dir = tokenizer_source(recipe)
     spec = recipe.data.tokenizer
@@ -143,38 +180,33 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
             spec.lowercase,
         )
     tokenizer.save_pretrained(str(out / "tokenizer"))
+    info = {
+        "kind": kind,
+        "from": str(tok_dir) if tok_dir else None,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return tokenizer, info
 
+
+def encode_classification(
+    recipe: Recipe, splits: dict[str, list[Record]], labels: list[str], out: Path
+) -> dict[str, Any]:
+    """One token sequence per example (truncated to max_length) + its label id."""
+    tokenizer, tok_info = build_tokenizer(recipe, splits, out)
     label_index = {name: i for i, name in enumerate(labels)}
     split_info = {}
     for name in SPLITS:
         rows = splits[name]
         ids = _encode(tokenizer, [r["text"] for r in rows], recipe.data.max_length)
-        y = [label_index[r["label"]] for r in rows] if labels else None
+        y = [label_index[r["label"]] for r in rows]
         split_info[name] = write_split(out, name, ids, y, [r["text"] for r in rows])
-        if labels:
-            counts = Counter(r["label"] for r in rows)
-            split_info[name]["label_counts"] = {k: counts.get(k, 0) for k in labels}
-    manifest = {
-        "hash": digest,
-        "format": FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": {"path": recipe.data.source.path, "sha256": inputs["source_sha256"]},
-        "data": recipe.data.model_dump(mode="json"),
-        "task": recipe.model.task,
-        "labels": labels,
-        "class_weights": _class_weights(splits["train"], labels)
-        if recipe.data.balance == "class_weight"
-        else None,
-        "tokenizer": {
-            "kind": kind,
-            "from": str(tok_dir) if tok_dir else None,
-            "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        "pipeline": report,
-        "splits": split_info,
-    }
-    return manifest
+        counts = Counter(r["label"] for r in rows)
+        split_info[name]["label_counts"] = {k: counts.get(k, 0) for k in labels}
+    return {"tokenizer": tok_info, "splits": split_info}
+
+
+ENCODERS.add("classification", encode_classification)
 
 
 def _label_names(recipe: Recipe, records: list[Record]) -> list[str]:

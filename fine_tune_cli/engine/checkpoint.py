@@ -92,6 +92,8 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+        if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
+            os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
         torch.save(state, tmp / STATE)
         (tmp / "recipe.lock.yaml").write_text(recipe_yaml)
         write_manifest(tmp, step=step)

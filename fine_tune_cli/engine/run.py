@@ -129,6 +129,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             resume_from = ckpt.resolve_resume(Path(resume))
         if resume_from is None and dist.is_main:
             run.check_fresh_start(overwrite)
+            run.truncate_history(0)  # lines of a killed attempt without a checkpoint
         if dist.is_main:
             prepared, cached = prepare_dataset(recipe)
         dist.barrier()

@@ -75,8 +75,10 @@ class ClassificationTask:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    # Pinned host memory lets the copy overlap with compute (non_blocking).
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 TASKS: Registry[type] = Registry("task")
