@@ -37,6 +37,7 @@ PATH_KEYS = (
     "data.cache_dir",
     "model.init_from",
     "train.run_dir",
+    "train.distill.teacher",
 )
 
 
@@ -61,6 +62,12 @@ class ModelSpec(Strict):
     num_heads: int | None = Field(None, gt=0, description="Override the preset's head count.")
     intermediate_size: int | None = Field(None, gt=0, description="Override the FFN width.")
     dropout: float | None = Field(None, ge=0, lt=1, description="Override hidden/attn dropout.")
+    image_size: int | None = Field(
+        None, gt=0, description="vit: input side in pixels (images resized to it); null: data's."
+    )
+    patch_size: int | None = Field(
+        None, gt=0, description="vit: patch side in pixels; override the preset's (4 for tiny)."
+    )
 
     @model_validator(mode="after")
     def _known_family_task(self) -> ModelSpec:
@@ -81,14 +88,44 @@ class ModelSpec(Strict):
                 f"size: unknown {self.family} size '{self.size}'{did_you_mean(self.size, presets)}"
                 f" (choose one of: {', '.join(presets)})"
             )
+        if FAMILIES.get(self.family).tokenizer_kind is not None:  # a text family
+            unused = [k for k in ("image_size", "patch_size") if getattr(self, k) is not None]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: only used by image families (vit)")
+        preset_patch = presets[self.size].get("patch_size")
+        patch = self.patch_size or (None if self.init_from else preset_patch)
+        if self.image_size and patch and self.image_size % patch:
+            raise ValueError(
+                f"image_size: {self.image_size} is not divisible by the patch size {patch}"
+                " (set model.image_size or model.patch_size)"
+            )
         return self
 
 
 # --------------------------------------------------------------------------- data
+TEXT_FORMATS = ("csv", "jsonl", "txt")
+IMAGE_FORMATS = ("imagefolder", "image_manifest", "npz", "digits")
+SourceFormat = Literal[
+    "auto", "csv", "jsonl", "txt", "imagefolder", "image_manifest", "npz", "digits"
+]
+
+
 class SourceSpec(Strict):
-    path: str = Field(description="Data file (csv, jsonl, txt; .gz allowed).")
-    format: Literal["auto", "csv", "jsonl", "txt"] = Field(
-        "auto", description="File format; auto picks it from the file extension."
+    path: str | None = Field(
+        None, description="Data file (csv, jsonl, txt; .gz allowed) or image folder/manifest/npz."
+    )
+    format: SourceFormat = Field(
+        "auto",
+        description="auto (from the path), csv, jsonl, txt; images: imagefolder"
+        " (root/<class>/*.png|jpg), image_manifest (csv/jsonl of path,label), npz (arrays"
+        " images, labels), digits (scikit-learn's 1,797 8x8 digits; no path).",
+    )
+    image: str = Field("path", description="image_manifest: column/field holding the image path.")
+    split_folders: bool = Field(
+        False, description="imagefolder: path holds train/, validation/ (or val/), test/ folders."
+    )
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail", description="Corrupt/unreadable image: fail (exit 3) or skip with a count."
     )
     text: str = Field("text", description="Column/field holding the text.")
     label: str | None = Field("label", description="Column/field holding the label.")
@@ -96,7 +133,38 @@ class SourceSpec(Strict):
         None, description="Column/field whose values are kept together in one split."
     )
     encoding: str = Field("utf-8", description="Text encoding of the file.")
+    txt_unit: Literal["line", "paragraph"] = Field(
+        "line", description="txt: one record per line, or per blank-line-separated paragraph."
+    )
     limit: int | None = Field(None, gt=0, description="Read only the first N rows.")
+
+    @model_validator(mode="after")
+    def _keys_fit_format(self) -> SourceSpec:
+        if self.format == "digits" and self.path is not None:
+            raise ValueError("path: format digits is bundled with scikit-learn; remove path")
+        if self.format != "digits" and self.path is None:
+            raise ValueError("path: required key is missing (only format digits needs no file)")
+        used_by = {
+            "image": ("image_manifest",),
+            "split_folders": ("imagefolder",),
+            "on_bad_image": ("imagefolder", "image_manifest"),
+            "text": TEXT_FORMATS,
+            "txt_unit": ("txt",),
+            "encoding": (*TEXT_FORMATS, "image_manifest"),
+        }
+        # With format auto the kind of source is only known once the path is looked at.
+        # A key at its default is fine: that is how a resolved recipe (lock file) reads.
+        checked = used_by.keys() if self.format in IMAGE_FORMATS else {"image", "split_folders"}
+        if self.format != "auto":
+            unused = sorted(
+                key
+                for key in self.model_fields_set & checked
+                if self.format not in used_by[key]
+                and getattr(self, key) != type(self).model_fields[key].default
+            )
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: not used by format '{self.format}'")
+        return self
 
 
 class StepSpec(Strict):
@@ -177,14 +245,20 @@ class DataSpec(Strict):
     source: SourceSpec
     steps: tuple[StepSpec, ...] = Field((), description="Pipeline steps, applied in order.")
     augment: tuple[StepSpec, ...] = Field(
-        (), description="Augmentation steps, applied to the train split only (after split)."
+        (),
+        description="Train-split augmentation: text copies at prepare; images on the fly.",
     )
     split: SplitSpec = Field(default_factory=SplitSpec)
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="Class-imbalance handling on the train split."
     )
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    max_length: int = Field(128, ge=8, le=8192, description="Max tokens per example.")
+    max_length: int = Field(
+        128, ge=8, le=8192, description="Max tokens per example (block length for LM tasks)."
+    )
+    nsp_negative_ratio: float = Field(
+        0.5, gt=0, lt=1, description="mlm_nsp: share of pairs whose B segment is random."
+    )
     cache_dir: str | None = Field(
         None, description="Prepared-data store (default $FTC_CACHE_DIR or ~/.cache/fine_tune_cli)."
     )
@@ -245,13 +319,20 @@ class EarlyStoppingSpec(Strict):
 
 
 class DistributedSpec(Strict):
-    strategy: Literal["none", "ddp", "fsdp"] = Field(
-        "none", description="Used when launched under torchrun with world size > 1."
+    strategy: Literal["ddp"] = Field(
+        "ddp",
+        description="Multi-process training under torchrun or --nproc: ddp (data parallel).",
     )
     timeout_s: int = Field(600, gt=0, description="Collective timeout before a rank is failed.")
 
 
 LOWER_IS_BETTER = {"loss", "perplexity", "ece", "reconstruction_loss"}
+
+
+class DistillSpec(Strict):
+    teacher: str = Field(description="Run dir (or exported HF dir) of the teacher model.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft labels.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft-label (KL) loss.")
 
 
 class TrainSpec(Strict):
@@ -274,6 +355,9 @@ class TrainSpec(Strict):
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")
     compile: bool = Field(False, description="torch.compile the model (no gain on CPU).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    distill: DistillSpec | None = Field(
+        None, description="Train against a teacher's soft labels (classification)."
+    )
     max_bad_steps: int = Field(0, ge=0, description="Non-finite steps to skip before failing.")
     run_dir: str | None = Field(None, description="Default runs/<name>.")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
@@ -298,15 +382,68 @@ class TrainSpec(Strict):
         return "min" if self.best_metric in LOWER_IS_BETTER else "max"
 
 
+class MLMSpec(Strict):
+    probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens selected.")
+    mask_ratio: float = Field(0.8, ge=0, le=1, description="Selected tokens set to [MASK].")
+    random_ratio: float = Field(0.1, ge=0, le=1, description="Selected tokens set to random.")
+    whole_word: bool = Field(False, description="Mask all pieces of a word together.")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> MLMSpec:
+        if self.mask_ratio + self.random_ratio > 1:
+            raise ValueError("mask_ratio + random_ratio must be <= 1 (the rest stay unchanged)")
+        return self
+
+
+class GenerateSpec(Strict):
+    samples: int = Field(4, ge=0, description="clm eval: continuations written to the report.")
+    max_new_tokens: int = Field(40, ge=1, description="Tokens generated per continuation.")
+    top_k: int = Field(40, ge=1, description="Top-k of the sampled continuation (plus greedy).")
+    prompt_tokens: int = Field(16, ge=1, description="Held-out tokens used as the prompt.")
+
+
+class MIMSpec(Strict):
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="mim: share of mask blocks hidden.")
+    mask_patch_size: int | None = Field(
+        None, gt=0, description="mim: masked block side, px (a multiple of patch); null: 1 patch."
+    )
+
+
 class LogSpec(Strict):
     every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
     tensorboard: bool = Field(False, description="Also write TensorBoard events if installed.")
 
 
 class ExportSpec(Strict):
-    max_abs_diff: float = Field(1e-3, ge=0, description="Parity gate: max |logit difference|.")
-    max_metric_drop: float = Field(0.01, ge=0, description="Parity gate: allowed metric drop.")
+    max_abs_diff: float = Field(
+        1e-3, ge=0, description="Parity gate (hf, onnx, torchscript): max |logit difference|."
+    )
+    max_metric_drop: float = Field(
+        0.01, ge=0, description="Parity gate (every format): allowed drop of the task metric."
+    )
     parity_samples: int = Field(256, ge=1, description="Validation examples used for parity.")
+    int8_max_abs_diff: float = Field(
+        0.25, ge=0, description="int8 parity gate: max |logit difference| (quantization noise)."
+    )
+    int8_min_agreement: float = Field(
+        0.99, ge=0, le=1, description="int8 parity gate: min share of predictions equal to fp32's."
+    )
+    opset: int = Field(18, ge=18, description="ONNX opset of onnx and int8 exports.")
+    latency_runs: int = Field(
+        20, ge=0, description="Single-example latency: median of N timed runs (0 skips it)."
+    )
+    prune_sparsity: float = Field(
+        0.5, gt=0, lt=1, description="pruned: share of linear-layer weights set to zero."
+    )
+    prune_scope: Literal["global", "layer"] = Field(
+        "global", description="pruned: smallest weights across all layers, or per layer."
+    )
+    prune_recovery_steps: int = Field(
+        0, ge=0, description="pruned: fine-tune steps on the train split after pruning."
+    )
+    prune_recovery_lr: float | None = Field(
+        None, gt=0, description="pruned: recovery LR (default optim.lr / 10, linear decay)."
+    )
 
 
 class Recipe(Strict):
@@ -318,6 +455,9 @@ class Recipe(Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    mlm: MLMSpec = Field(default_factory=MLMSpec)
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    mim: MIMSpec = Field(default_factory=MIMSpec)
     log: LogSpec = Field(default_factory=LogSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
 
@@ -333,10 +473,20 @@ class Recipe(Strict):
         task = self.model.task
         if task == "classification" and not self.data.source.label:
             raise ValueError("data.source.label: classification needs a label column")
+        if self.train.distill and task != "classification":
+            raise ValueError("train.distill: distillation is for classification tasks")
         if self.data.split.by_group and not self.data.source.group:
             raise ValueError("data.split.by_group: set data.source.group to the group column")
+        if task == "mlm_nsp" and not self.data.source.group:
+            raise ValueError(
+                "data.source.group: mlm_nsp builds sentence pairs within documents; name the"
+                " document column (e.g. book)"
+            )
         if self.model.family == "gpt2" and self.data.tokenizer.kind == "wordpiece":
             raise ValueError("data.tokenizer.kind: gpt2 needs a bpe tokenizer, not wordpiece")
+        problems = _image_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -354,6 +504,67 @@ class Recipe(Strict):
         return Path(self.train.run_dir) if self.train.run_dir else Path("runs") / self.name
 
 
+def _image_problems(recipe: Recipe) -> list[str]:
+    """Image families (vit) read image sources and take image steps; text families
+    neither. Also the keys that only image recipes or the mim task use."""
+    from fine_tune_cli.data.image_steps import IMAGE_STEPS
+    from fine_tune_cli.models import FAMILIES
+
+    model, data = recipe.model, recipe.data
+    family = FAMILIES.get(model.family)
+    images = family.tokenizer_kind is None
+    fmt = data.source.format
+    problems = []
+    if images and fmt in TEXT_FORMATS:
+        problems.append(
+            f"data.source.format: {model.family} reads images ({', '.join(IMAGE_FORMATS)});"
+            " a csv/jsonl list of image files is format image_manifest"
+        )
+    if not images and fmt in IMAGE_FORMATS:
+        problems.append(
+            f"data.source.format: '{fmt}' is an image source; {model.family} reads text"
+            f" ({', '.join(TEXT_FORMATS)})"
+        )
+    for section in ("steps", "augment"):
+        for i, spec in enumerate(getattr(data, section)):
+            if images != (spec.name in IMAGE_STEPS):
+                problems.append(
+                    f"data.{section}[{i}]: '{spec.name}' is {'a text' if images else 'an image'}"
+                    f" step; {model.family} data takes {'image' if images else 'text'} steps"
+                )
+    if images:
+        names = [s.name for s in data.steps]
+        if "normalize" in names[:-1]:
+            problems.append(
+                f"data.steps[{names.index('normalize')}]: normalize must be the last step"
+                " (it scales pixels as batches are built)"
+            )
+        problems += [
+            f"data.augment[{i}]: normalize belongs at the end of data.steps"
+            for i, s in enumerate(data.augment)
+            if s.name == "normalize"
+        ]
+        defaults = DataSpec(source=data.source)  # keys at their defaults are fine (lock files)
+        problems += [
+            f"data.{key}: not used by image families ({model.family})"
+            for key in ("tokenizer", "max_length")
+            if getattr(data, key) != getattr(defaults, key)
+        ]
+    if recipe.mim != MIMSpec() and model.task != "mim":
+        problems.append(f"mim: only used by task mim (task is '{model.task}')")
+    block = recipe.mim.mask_patch_size
+    patch = model.patch_size or (
+        None if model.init_from else family.presets[model.size].get("patch_size")
+    )
+    if model.task == "mim" and block and patch and block % patch:
+        problems.append(f"mim.mask_patch_size: {block} is not a multiple of the patch size {patch}")
+    if model.task == "mim" and block and model.image_size and model.image_size % block:
+        problems.append(
+            f"mim.mask_patch_size: image_size {model.image_size} is not divisible by {block}"
+        )
+    return problems
+
+
 # --------------------------------------------------------------------------- loading
 class LoadedRecipe(BaseModel):
     """A validated recipe plus where it came from (for messages and the lock file)."""
@@ -369,7 +580,7 @@ def builtin_recipes() -> dict[str, Path]:
     """Built-in recipes by short name (files in recipes/, not in recipes/_base/)."""
     if not RECIPES_DIR.is_dir():
         return {}
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def resolve_recipe_path(ref: str) -> Path:
@@ -655,6 +866,7 @@ def _check_named_files(recipe: Recipe, origins: dict[str, str], default: str) ->
     named = {
         "model.init_from": recipe.model.init_from,
         "data.tokenizer.path": recipe.data.tokenizer.path,
+        "train.distill.teacher": recipe.train.distill.teacher if recipe.train.distill else None,
     }
     for key, value in named.items():
         if value and not Path(value).exists():

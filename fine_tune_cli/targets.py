@@ -71,3 +71,35 @@ def load_model(target: Target) -> Any:
     model = cls.from_pretrained(str(target.model_dir), local_files_only=True, use_safetensors=True)
     model.eval()
     return model
+
+
+def prepared_for(target: Target) -> Any:
+    """The prepared data, encoded with the tokenizer the model was trained with.
+
+    The run's own prepared dir is used when it is still there; otherwise the data is
+    prepared again with the model dir's tokenizer (a retrained tokenizer may differ)."""
+    from fine_tune_cli.data.prepare import prepare_dataset
+    from fine_tune_cli.data.store import COMPLETE, open_prepared
+    from fine_tune_cli.data.tokenizers import TOKENIZER_FILES, fingerprint_dir
+
+    recipe = target.recipe
+    has_tokenizer = any((target.model_dir / f).is_file() for f in TOKENIZER_FILES)
+    if target.run is not None:
+        recorded = target.run.provenance().get("data", {})
+        path = Path(recorded.get("path", "")) if recorded.get("path") else None
+        if path is not None and (path / COMPLETE).is_file():
+            prepared = open_prepared(path, recorded.get("hash"))
+            if not has_tokenizer or fingerprint_dir(path / "tokenizer") == fingerprint_dir(
+                target.model_dir
+            ):
+                return prepared
+    if has_tokenizer:
+        tokenizer = recipe.data.tokenizer.model_copy(
+            update={"kind": "pretrained", "path": str(target.model_dir)}
+        )
+        model = recipe.model.model_copy(update={"init_from": None})
+        recipe = recipe.model_copy(
+            update={"data": recipe.data.model_copy(update={"tokenizer": tokenizer}), "model": model}
+        )
+    prepared, _ = prepare_dataset(recipe)
+    return prepared

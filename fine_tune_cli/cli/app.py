@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from fine_tune_cli.cli import eval as eval_cmd
-from fine_tune_cli.cli import export, prepare, recipes, train, verify
+from fine_tune_cli.cli import export, predict, prepare, recipes, train, verify
 from fine_tune_cli.cli.common import emit_json, error_payload
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("train")(train.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("export")(export.export)
 app.command("verify")(verify.verify)
+app.command("predict")(predict.predict)
 app.add_typer(recipes.app, name="recipes")
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: never lets the framework print a traceback or exit non-2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: no hub lookups
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in our logs
     from fine_tune_cli.console import setup_logging
 
     setup_logging()

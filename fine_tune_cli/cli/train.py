@@ -21,15 +21,13 @@ def train(
     json_mode: bool = JSON_OPTION,
 ) -> None:
     """Train a model (prepares the data first when its cache is missing)."""
-    if nproc > 1:
-        from fine_tune_cli.engine.launch import relaunch_with_torchrun
-
-        raise typer.Exit(relaunch_with_torchrun(nproc))
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
+        if nproc > 1 and not dry_run:
+            return _distributed(loaded)
         if dry_run:
             from fine_tune_cli.checks import check_recipe
             from fine_tune_cli.runs import RunDir
@@ -41,6 +39,26 @@ def train(
         from fine_tune_cli.engine.run import run_training
 
         return run_training(loaded, resume=resume, overwrite=overwrite)
+
+    def _distributed(loaded: Any) -> dict[str, Any]:
+        """Prepare once (errors surface here with their own codes), then torchrun."""
+        from fine_tune_cli.data.prepare import prepare_dataset
+        from fine_tune_cli.engine.launch import relaunch_with_torchrun
+        from fine_tune_cli.runs import RunDir
+
+        if not resume and not overwrite:
+            RunDir(loaded.recipe.run_dir()).check_fresh_start(overwrite=False)
+        prepare_dataset(loaded.recipe)
+        args = [recipe, *(overrides or [])]
+        args += ["--resume", resume] if resume else []
+        args += ["--overwrite"] if overwrite else []
+        relaunch_with_torchrun(nproc, args)
+        run = RunDir(loaded.recipe.run_dir())
+        summary = run.provenance().get("summary", {})
+        last_eval = next((r for r in reversed(run.history()) if r.get("split") == "validation"), {})
+        metrics = {k[5:]: v for k, v in last_eval.items() if k.startswith("eval_")}
+        metrics["best_step"] = summary.get("best_step")
+        return {"run_dir": str(run.path), "metrics": metrics, "processes": nproc, **summary}
 
     def human(p: dict[str, Any]) -> None:
         if dry_run:

@@ -43,6 +43,10 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     tokenizer (settings or files) and the task's encoding. Paths do not count."""
     from fine_tune_cli.data.tokenizers import fingerprint_dir, tokenizer_source
 
+    if encoder_name(recipe) == "image":
+        from fine_tune_cli.data.images import image_hash_inputs
+
+        return image_hash_inputs(recipe, FORMAT_VERSION)
     source = Path(recipe.data.source.path)
     if not source.is_file():
         raise DataError(f"{source}: data file not found (set data.source.path)")
@@ -99,7 +103,8 @@ def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
     from fine_tune_cli.data.sources import read_source
 
     need_label = recipe.model.task == "classification"
-    records = read_source(recipe.data.source, need_label=need_label)
+    is_image = encoder_name(recipe) == "image"
+    records = read_source(recipe.data.source, need_label=need_label, images=is_image)
     steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.steps]
     records, report = run_pipeline(records, steps, StepContext(seed=recipe.data.split.seed))
     if not records:
@@ -120,7 +125,8 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
     labels = _label_names(recipe, records)
     splits = split_records(recipe, records)
     splits["train"] = _balance(recipe, splits["train"], labels)
-    if recipe.data.augment:
+    # Image augmentations run on the fly per epoch (engine/image_tasks.py), not baked in.
+    if recipe.data.augment and encoder_name(recipe) != "image":
         steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.augment]
         before = len(splits["train"])
         splits["train"], aug_report = run_pipeline(
@@ -156,6 +162,10 @@ ENCODERS: Registry[Encoder] = Registry("encoder")
 def encoder_name(recipe: Recipe) -> str:
     """Which encoder prepares a recipe's data: by task for text (classification keeps one
     sequence per example; LM tasks pack or pair), and by family for images."""
+    from fine_tune_cli.models import FAMILIES
+
+    if FAMILIES.get(recipe.model.family).tokenizer_kind is None:
+        return "image"
     return recipe.model.task
 
 
@@ -227,6 +237,11 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
     from sklearn.model_selection import GroupShuffleSplit
 
     spec = recipe.data.split
+    if records and "split" in records[0]:  # the source fixes the splits (split_folders)
+        out = {name: [r for r in records if r["split"] == name] for name in SPLITS}
+        if not out["train"]:
+            raise DataError(f"{recipe.data.source.path}: no training examples (train/ folder)")
+        return out
     n = len(records)
     index = np.arange(n)
     holdout = spec.validation + spec.test
@@ -241,6 +256,12 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
             )
         outer = GroupShuffleSplit(n_splits=1, test_size=holdout, random_state=spec.seed)
         train_idx, rest = next(outer.split(index, groups=groups))
+        if spec.test and spec.validation and len(set(groups[rest])) < 2:
+            raise DataError(
+                f"{recipe.data.source.path}: only {len(set(groups))} distinct"
+                f" '{recipe.data.source.group}' values: too few whole groups for validation and"
+                " test splits (use more data or set data.split.by_group=false)"
+            )
         if spec.test and spec.validation:
             inner = GroupShuffleSplit(
                 n_splits=1, test_size=spec.test / holdout, random_state=spec.seed
@@ -328,3 +349,7 @@ def _encode(
         )
         ids.extend(enc["input_ids"])
     return ids
+
+
+# The LM and image encoders register themselves on import (they build on the helpers above).
+from fine_tune_cli.data import images, lm  # noqa: E402, F401

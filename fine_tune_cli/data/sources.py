@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError
-from fine_tune_cli.recipe import SourceSpec
+from fine_tune_cli.recipe import IMAGE_FORMATS, SourceSpec
 
 GZIP_MAGIC = b"\x1f\x8b"
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
@@ -26,12 +26,18 @@ EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "js
 CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def read_source(spec: SourceSpec, *, need_label: bool) -> list[Record]:
+def read_source(spec: SourceSpec, *, need_label: bool, images: bool = False) -> list[Record]:
     """Records `{id, text, label, group}` of `spec.path`; ids are 0-based row indices.
 
     With `need_label`, every record must have a non-empty label; without it a missing
     label column (e.g. the default `label` on a pretraining corpus) gives label None.
+    With `images` (an image family's recipe) or an image format, the records hold
+    decoded images instead of text (data/image_sources.py).
     """
+    if images or spec.format in IMAGE_FORMATS:
+        from fine_tune_cli.data.image_sources import read_images
+
+        return read_images(spec, need_label=need_label)
     path = Path(spec.path)
     _check_file(path, spec.path)
     compressed = _is_gzip(path, spec.path)
@@ -251,11 +257,26 @@ def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Rec
 
 
 def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
+    """One record per non-empty line, or per blank-line-separated paragraph (documents
+    such as chapters, kept whole so LM splits hold out whole documents)."""
     records: list[Record] = []
+    paragraph: list[str] = []
+
+    def add(text: str) -> None:
+        records.append({"id": len(records), "text": text, "label": None, "group": None})
+
     for line in handle:
         if spec.limit is not None and len(records) >= spec.limit:
             break
         text = line.rstrip("\r\n")
-        if text.strip():
-            records.append({"id": len(records), "text": text, "label": None, "group": None})
+        if spec.txt_unit == "line":
+            if text.strip():
+                add(text)
+        elif text.strip():
+            paragraph.append(text)
+        elif paragraph:
+            add("\n".join(paragraph))
+            paragraph = []
+    if paragraph and (spec.limit is None or len(records) < spec.limit):
+        add("\n".join(paragraph))
     return records

@@ -97,6 +97,17 @@ class PreparedDataset:
 
         return load_tokenizer(self.path / "tokenizer")
 
+    @cached_property
+    def processor(self) -> Any:
+        """What is saved beside a model so it can be used on its own: the tokenizer, or
+        for image data the image processor (preprocessor_config.json)."""
+        folder = self.path / "processor"
+        if not folder.is_dir():
+            return self.tokenizer
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+
     def default_eval_split(self) -> str:
         return "test" if len(self.splits.get("test", ())) else "validation"
 

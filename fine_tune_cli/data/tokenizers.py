@@ -30,16 +30,31 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt")
 def tokenizer_source(recipe: Recipe) -> tuple[str, Path | None]:
     """Which tokenizer a recipe uses: ('wordpiece'|'bpe', None) or ('pretrained', dir)."""
     spec = recipe.data.tokenizer
-    if spec.kind == "pretrained":
-        return "pretrained", Path(spec.path)  # type: ignore[arg-type]
-    if spec.kind == "auto" and recipe.model.init_from:
+    init_dir = None
+    if recipe.model.init_from:
         from fine_tune_cli.models.registry import resolve_init_dir
 
         init_dir = resolve_init_dir(recipe.model.init_from)
         if not any((init_dir / f).is_file() for f in TOKENIZER_FILES):
+            init_dir = None  # weights without a tokenizer: the recipe must name one
+        elif spec.kind in ("wordpiece", "bpe"):
             raise RecipeError(
-                f"model.init_from: {init_dir} has no tokenizer; set data.tokenizer.kind"
-                " (wordpiece, bpe) or data.tokenizer.path"
+                f"data.tokenizer.kind: model.init_from {init_dir} brings its own tokenizer;"
+                f" a newly trained {spec.kind} would not match its embeddings (use auto)"
+            )
+    if spec.kind == "pretrained":
+        path = Path(spec.path)  # type: ignore[arg-type]
+        if init_dir is not None and fingerprint_dir(path) != fingerprint_dir(init_dir):
+            raise RecipeError(
+                f"data.tokenizer.path: {path} differs from the tokenizer of model.init_from"
+                f" ({init_dir}); drop data.tokenizer to reuse the model's own"
+            )
+        return "pretrained", path
+    if spec.kind == "auto" and recipe.model.init_from:
+        if init_dir is None:
+            raise RecipeError(
+                f"model.init_from: {recipe.model.init_from} has no tokenizer; set"
+                " data.tokenizer.kind (wordpiece, bpe) or data.tokenizer.path"
             )
         return "pretrained", init_dir
     if spec.kind == "auto":

@@ -90,7 +90,10 @@ def save_checkpoint(
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Our own temp dir and any a killed writer left half-done: we hold the run lock, so
+        # no one else is writing here, and those weights would otherwise stay forever.
+        for stale in root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
         if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
             os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
@@ -119,3 +122,20 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     weights = load_file(str(path / "model.safetensors"))
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     return weights, state
+
+
+def restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Put a checkpoint's weights into `model` (the same architecture, freshly built).
+
+    transformers may rename tensors when it saves (v5 writes ViT's layers under their
+    legacy names, e.g. `encoder.layer.0.attention.attention.query`), so a plain
+    load_state_dict would silently skip them; when names do not line up, transformers'
+    own loader (safetensors only) maps them back and every tensor must then match.
+    """
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys:
+        reloaded = type(model).from_pretrained(
+            str(path), config=model.config, local_files_only=True, use_safetensors=True
+        )
+        model.load_state_dict(reloaded.state_dict())
+    model.tie_weights()

@@ -1,8 +1,8 @@
 """torch.distributed behind a small interface so the loop reads like single-device code.
 
 Launched under `torchrun` (WORLD_SIZE > 1) this sets up the process group (NCCL on
-CUDA, gloo on CPU), shards each epoch's order across ranks and wraps the model in DDP
-or FSDP2 (`fully_shard`); without torchrun every method is a no-op.
+CUDA, gloo on CPU), shards each epoch's order across ranks and wraps the model in DDP;
+without torchrun every method is a no-op.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch
 
 
 class Dist:
-    def __init__(self, strategy: str = "none", timeout_s: int = 600):
+    def __init__(self, strategy: str = "ddp", timeout_s: int = 600):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.strategy = strategy if self.world > 1 else "none"
+        self.strategy = strategy
         self.timeout_s = timeout_s
         self._ddp = False
 
@@ -48,11 +48,6 @@ class Dist:
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         if self.world == 1:
-            return model
-        if self.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            fully_shard(model)
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import yaml
 
-from fine_tune_cli.errors import FtcError, RecipeError
+from fine_tune_cli.errors import DataError, FtcError, RecipeError
 from fine_tune_cli.recipe import LoadedRecipe, Recipe, dump_recipe, validate_tree
 from fine_tune_cli.runs import RECIPE_LOCK, RunDir, environment, now, write_json_atomic
 
@@ -40,6 +40,7 @@ RESUME_FREE = {
     "train.distributed.timeout_s",
     "log",
     "export",
+    "generate",
 }
 
 
@@ -72,12 +73,20 @@ def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) 
 def model_context(recipe: Recipe, prepared: Any) -> Any:
     from fine_tune_cli.models.registry import BuildContext, resolve_init_dir
 
+    if "images" in prepared.manifest:  # image data: geometry instead of a tokenizer
+        return BuildContext(
+            label_names=tuple(prepared.label_names),
+            image_size=prepared.manifest["images"]["size"],
+            num_channels=prepared.manifest["images"]["channels"],
+            init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
+        )
     tok = prepared.tokenizer
     return BuildContext(
         vocab_size=len(tok),
         label_names=tuple(prepared.label_names),
         max_length=recipe.data.max_length,
         pad_token_id=tok.pad_token_id,
+        special_ids={"eos": tok.eos_token_id} if tok.eos_token_id is not None else {},
         init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
     )
 
@@ -85,12 +94,9 @@ def model_context(recipe: Recipe, prepared: Any) -> Any:
 def build_task(recipe: Recipe, prepared: Any) -> Any:
     from fine_tune_cli.engine.tasks import TASKS
 
-    cls = TASKS.get(recipe.model.task)
-    return cls(
-        pad_id=prepared.tokenizer.pad_token_id,
-        label_names=prepared.label_names,
-        class_weights=prepared.manifest.get("class_weights"),
-    )
+    image = "images" in prepared.manifest  # image tasks: engine/image_tasks.py
+    name = f"image/{recipe.model.task}" if image else recipe.model.task
+    return TASKS.get(name).from_recipe(recipe, prepared)
 
 
 def describe_model(model: torch.nn.Module) -> str:
@@ -135,6 +141,8 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
         dist.barrier()
         if not dist.is_main:
             prepared, cached = prepare_dataset(recipe)
+        if not len(prepared.splits["train"]):
+            raise DataError(f"{prepared.path}: the train split is empty; nothing to train on")
         log.info(
             "data: %s (%s); %s",
             prepared.path,
@@ -182,8 +190,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             for line in load_info_lines(getattr(model, "ftc_loading_info", {})):
                 log.info("  %s", line)
         if weights is not None:
-            model.load_state_dict(weights, strict=False)
-            model.tie_weights()
+            ckpt.restore_weights(model, weights, resume_from)  # saved names may differ
         if recipe.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.to(device)
@@ -204,13 +211,19 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
                 run.truncate_history(state.step)
             log.info("resumed from %s at step %d", resume_from, state.step)
         task = build_task(recipe, prepared)
+        if recipe.train.distill:
+            from fine_tune_cli.engine.distill import DistillationTask, load_teacher
+
+            spec = recipe.train.distill
+            teacher = load_teacher(recipe, prepared, device)
+            task = DistillationTask(task, teacher, spec.temperature, spec.alpha)
         recipe_yaml = dump_recipe(recipe)
 
         def save_best(step: int, metrics: dict[str, float]) -> None:
             ckpt.save_model_dir(
                 run.best,
                 model,
-                prepared.tokenizer,
+                prepared.processor,  # tokenizer, or image processor for image data
                 step=step,
                 metrics=metrics,
                 data_hash=prepared.hash,

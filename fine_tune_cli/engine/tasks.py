@@ -31,6 +31,14 @@ class ClassificationTask:
         self.label_names = label_names
         self.class_weights = torch.tensor(class_weights) if class_weights else None
 
+    @classmethod
+    def from_recipe(cls, recipe: Any, prepared: Any) -> ClassificationTask:
+        return cls(
+            pad_id=prepared.tokenizer.pad_token_id,
+            label_names=prepared.label_names,
+            class_weights=prepared.manifest.get("class_weights"),
+        )
+
     def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
         return pad_batch(split, indices, self.pad_id)
 
@@ -83,3 +91,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 TASKS: Registry[type] = Registry("task")
 TASKS.add("classification", ClassificationTask)
+
+# Language-model and image tasks register themselves on import (they build on the helpers
+# above); image tasks are keyed "image/<task>" (build_task picks them for image data).
+from fine_tune_cli.engine import image_tasks, lm_tasks  # noqa: E402, F401

@@ -109,7 +109,10 @@ def fit(
     steps_total = total_steps(recipe, len(train), dist.world)
     mode = spec.mode()
     eval_bs = spec.eval_batch_size or 2 * spec.batch_size
-    nan_at = int(os.environ.get("FTC_FAULT_NAN_STEP", "0"))  # fault injection for tests
+    # Fault injection for tests: a NaN loss at step N; rank R exiting at step N ("R:N").
+    nan_at = int(os.environ.get("FTC_FAULT_NAN_STEP", "0"))
+    rank_fault = os.environ.get("FTC_FAULT_EXIT_RANK", "")
+    exit_rank = tuple(int(x) for x in rank_fault.split(":")) if rank_fault else None
     params = [p for p in model.parameters() if p.requires_grad]
     started = time.time()
     last_ckpt: Path | None = ckpt.latest_checkpoint(run.path)
@@ -140,6 +143,8 @@ def fit(
     model.train()
     with StopFlag() as stop:
         while state.step < steps_total and not state.stopped_early:
+            if hasattr(task, "set_epoch"):  # on-the-fly augmentation seeded per epoch
+                task.set_epoch(state.epoch)
             groups = step_groups(
                 dist.shard(epoch_order(len(train), spec.seed, state.epoch)),
                 spec.batch_size,
@@ -158,6 +163,8 @@ def fit(
                         loss = task.loss(model, batch) * (task.units(batch) * dist.world / units)
                     if nan_at and state.step + 1 == nan_at:
                         loss = loss * float("nan")
+                    if dist.world > 1 and exit_rank == (dist.rank, state.step + 1):
+                        os._exit(1)  # fault injection for tests: a rank dies mid-run
                     precision.backward(loss)
                     step_loss += loss.detach()
                 loss_value = dist.sum(float(step_loss)) / dist.world
@@ -187,21 +194,24 @@ def fit(
                     state.epoch += 1
                     state.step_in_epoch = 0
                 step_time = time.perf_counter() - t0
-                if dist.is_main and (state.step % recipe.log.every == 0 or state.step == 1):
-                    run.log_metrics(
-                        {
-                            "step": state.step,
-                            "epoch": state.epoch,
-                            "loss": loss_value,
-                            "lr": schedule.last_lr(),
-                            "grad_norm": grad_norm,
-                            "samples_per_s": units / step_time,
-                            "tokens_per_s": dist.sum(sum(task.tokens(b) for b in batches))
-                            / step_time,
-                            "step_time": step_time,
-                            "data_wait": data_wait,
-                        }
-                    )
+                if state.step % recipe.log.every == 0 or state.step == 1:
+                    # The sums are collectives: every rank joins them, only rank 0 writes.
+                    samples = dist.sum(sum(len(i) for i in group))
+                    tokens = dist.sum(sum(task.tokens(b) for b in batches))
+                    if dist.is_main:
+                        run.log_metrics(
+                            {
+                                "step": state.step,
+                                "epoch": state.epoch,
+                                "loss": loss_value,
+                                "lr": schedule.last_lr(),
+                                "grad_norm": grad_norm,
+                                "samples_per_s": samples / step_time,
+                                "tokens_per_s": tokens / step_time,
+                                "step_time": step_time,
+                                "data_wait": data_wait,
+                            }
+                        )
                 progress.update(state.step, f"loss {loss_value:.4f}")
                 final = state.step >= steps_total
                 due_eval = (spec.eval_every == "epoch" and epoch_done) or (

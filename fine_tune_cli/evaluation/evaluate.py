@@ -14,7 +14,7 @@ import torch
 from fine_tune_cli.errors import DataError, GateError, RecipeError
 from fine_tune_cli.evaluation.metrics import flat_metrics
 from fine_tune_cli.recipe import LOWER_IS_BETTER
-from fine_tune_cli.targets import Target, load_model, resolve_target
+from fine_tune_cli.targets import Target, load_model, prepared_for, resolve_target
 
 log = logging.getLogger("ftc")
 
@@ -34,6 +34,10 @@ def _split_from_file(target: Target, prepared: Any, data_file: Path) -> Any:
     from fine_tune_cli.data.prepare import _encode, load_records
     from fine_tune_cli.data.store import PreparedSplit
 
+    if "images" in prepared.manifest:  # an image folder, manifest or npz
+        from fine_tune_cli.data.images import image_split_from_source
+
+        return image_split_from_source(target.recipe, prepared, data_file)
     recipe = target.recipe.model_copy(
         update={
             "data": target.recipe.data.model_copy(
@@ -67,16 +71,17 @@ def evaluate_target(
     data_file: str | None,
     batch_size: int | None = None,
 ) -> tuple[Target, str, dict[str, Any], dict[str, Any], list[str]]:
-    from fine_tune_cli.data.prepare import prepare_dataset
     from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.engine.runtime import Precision, pick_device
 
     target = resolve_target(target_path)
     recipe = target.recipe
-    prepared, _ = prepare_dataset(recipe)
+    prepared = prepared_for(target)
     if data_file:
+        if recipe.model.task != "classification":
+            raise RecipeError("--data: only classification runs can evaluate a new file")
         path = Path(data_file)
-        if not path.is_file():
+        if not path.exists():  # a file, or an image folder
             raise DataError(f"{path}: --data file not found")
         data, texts = _split_from_file(target, prepared, path)
         split_name = path.stem
@@ -93,6 +98,8 @@ def evaluate_target(
     bs = batch_size or recipe.train.eval_batch_size or 2 * recipe.train.batch_size
     precision = Precision(recipe.train.precision, device)
     result = task.evaluate(model, data, bs, device, precision.autocast)
+    if hasattr(task, "samples"):  # generative tasks: show what was learned
+        result.details["samples"] = task.samples(model, data, device)
     return target, split_name, result.metrics, result.details, texts
 
 
@@ -132,7 +139,9 @@ def run_eval(
     labels = _labels(target)
     base = target.run.path if target.run else target.model_dir
     out_dir = base / "eval" / split_name
-    examples = misclassified(details, texts, labels)
+    examples = details.get("samples") or misclassified(details, texts, labels)
+    from fine_tune_cli.evaluation.image_report import image_plots
+
     outputs = write_report(
         out_dir,
         metrics,
@@ -140,6 +149,7 @@ def run_eval(
         label_names=labels or None,
         history=target.run.history() if target.run else None,
         examples=examples,
+        plots=image_plots(details, labels),  # misclassified.png for images
     )
     flat = flat_metrics(metrics)
     payload: dict[str, Any] = {

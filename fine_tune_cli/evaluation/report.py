@@ -58,11 +58,14 @@ def write_report(
     label_names: list[str] | None = None,
     history: list[dict[str, Any]] | None = None,
     examples: list[dict[str, Any]] | None = None,
+    plots: dict[str, bytes] | None = None,
 ) -> dict[str, str]:
     """Write metrics.json, report.md, report.html and the plots into `out_dir`.
 
     Returns name -> path of every file written (`metrics`, `report_md`, `report_html`,
     and `confusion_matrix_png` / `training_curves_png` when there is something to plot).
+    `plots` are extra PNGs made by the caller (file name -> bytes, e.g. misclassified.png
+    for images), written and embedded like the others, keyed `<stem>_png`.
     """
     out_dir = Path(out_dir)
     try:
@@ -95,6 +98,11 @@ def write_report(
             _write_atomic(path, png)
             written["training_curves_png"] = str(path)
             images[path.name] = png
+    for name, png in (plots or {}).items():
+        path = out_dir / name
+        _write_atomic(path, png)
+        written[f"{path.stem}_png"] = str(path)
+        images[path.name] = png
 
     sections = _sections(metrics, label_names, examples or [])
     md_path = out_dir / "report.md"

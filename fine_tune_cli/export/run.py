@@ -1,8 +1,10 @@
 """`ftc export`: write a format into a temp dir, gate it on parity with the torch model
-on real validation batches, then publish it with a sha256 manifest (or publish nothing)."""
+on real validation examples, then publish it with a sha256 manifest (or publish nothing).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -10,84 +12,122 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from fine_tune_cli.errors import ConflictError, GateError, OutputError, RecipeError
 from fine_tune_cli.recipe import ExportSpec, parse_override, validate_tree
-from fine_tune_cli.targets import load_model, resolve_target
+from fine_tune_cli.targets import load_model, prepared_for, resolve_target
 
 log = logging.getLogger("ftc")
 
+# export.* keys every format reads.
+COMMON_KEYS = ("max_metric_drop", "parity_samples", "latency_runs")
+# The recipe key behind each tolerance, per gate kind (named in gate-failure messages).
+TOLERANCE_KEYS = {
+    "exact": {"max_abs_diff": "export.max_abs_diff"},
+    "int8": {
+        "max_abs_diff": "export.int8_max_abs_diff",
+        "min_agreement": "export.int8_min_agreement",
+    },
+    "metric": {},
+}
 
-def export_spec(base: ExportSpec, overrides: list[str]) -> ExportSpec:
+
+def export_spec(
+    base: ExportSpec, overrides: list[str], applies: set[str] | None = None, fmt: str = ""
+) -> ExportSpec:
+    """The recipe's export keys with the command-line overrides. An override of a key
+    the chosen format does not read is an error, never silently ignored."""
     values = base.model_dump()
+    given = []
     for text in overrides:
         key, value = parse_override(text)
         if not key.startswith("export."):
             raise RecipeError(f"override '{text}': export only takes export.* keys")
         values[key.removeprefix("export.")] = value
+        given.append((text, key.removeprefix("export.")))
     tree = {"name": "x", "model": {"family": "bert"}, "data": {"source": {"path": "x"}}}
-    return validate_tree(tree | {"export": values}, default_origin="export overrides").export
-
-
-def parity_batches(prepared: Any, task: Any, samples: int, batch_size: int = 32):
-    split = next(
-        (prepared.splits[s] for s in ("validation", "test", "train") if len(prepared.splits[s])),
-    )
-    n = min(samples, len(split))
-    index = np.arange(n)
-    return [(task.collate(split, index[i : i + batch_size])) for i in range(0, n, batch_size)]
+    spec = validate_tree(tree | {"export": values}, default_origin="export overrides").export
+    unused = [
+        f"override '{text}': export.{key} does not apply to --format {fmt}"
+        f" (it reads: {', '.join(f'export.{k}' for k in sorted(applies))})"
+        for text, key in given
+        if applies is not None and key not in applies
+    ]
+    if unused:
+        raise RecipeError(unused)
+    return spec
 
 
 def run_export(
     target_path: str, *, fmt: str, out: str | None, overrides: list[str], overwrite: bool
 ) -> dict[str, Any]:
-    from fine_tune_cli.data.prepare import prepare_dataset
     from fine_tune_cli.engine.run import build_task
-    from fine_tune_cli.export.formats import EXPORTERS
-    from fine_tune_cli.manifest import write_manifest
+    from fine_tune_cli.export import parity as P
+    from fine_tune_cli.export.base import output_names
+    from fine_tune_cli.export.formats import EXPORTERS, ExportContext
+    from fine_tune_cli.manifest import fsync_tree, write_manifest
 
     if fmt not in EXPORTERS:
         raise RecipeError(f"--format: {EXPORTERS.unknown_message(fmt)}")
+    exporter = EXPORTERS.get(fmt)
     target = resolve_target(target_path)
-    spec = export_spec(target.recipe.export, overrides)
+    gate_keys = [k.removeprefix("export.") for k in TOLERANCE_KEYS[exporter.gate].values()]
+    applies = {*COMMON_KEYS, *gate_keys, *exporter.options}
+    spec = export_spec(target.recipe.export, overrides, applies, fmt)
     base = target.run.path if target.run else target.model_dir.parent
     out_dir = Path(out) if out else base / "export" / fmt
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConflictError(f"{out_dir}: output dir is not empty; pass --overwrite or --out")
-    prepared, _ = prepare_dataset(target.recipe)
+    prepared = prepared_for(target)
     task = build_task(target.recipe, prepared)
+    if getattr(task, "not_exportable", None):  # e.g. mim: a pretraining model, no logits
+        raise RecipeError(f"{target_path}: {task.not_exportable}")
     model = load_model(target)
+    split = P.parity_split(prepared, spec.parity_samples)
+    batch_size = target.recipe.train.eval_batch_size or 2 * target.recipe.train.batch_size
+    example = P.example_batch(task, split)
+    ctx = ExportContext(
+        model=model,
+        tokenizer=_tokenizer(target.model_dir, prepared),
+        recipe=target.recipe,
+        spec=spec,
+        example=example,
+        outputs=output_names(model, example),
+        task=task,
+        prepared=prepared,
+    )
+    tolerances = P.limits(exporter.gate, spec)
+    keys = {"max_metric_drop": "export.max_metric_drop", **TOLERANCE_KEYS[exporter.gate]}
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         started = time.time()
-        run_exported = EXPORTERS.get(fmt).write(model, prepared.tokenizer, tmp, target)
-        parity = check_parity(
-            model, run_exported, parity_batches(prepared, task, spec.parity_samples)
-        )
-        parity["seconds"] = round(time.time() - started, 2)
-        passed = (
-            parity["max_abs_diff"] <= spec.max_abs_diff
-            and parity["metric_drop"] <= spec.max_metric_drop
-        )
-        parity["passed"] = passed
+        artefact = exporter.write(ctx, tmp)
+        export_seconds = round(time.time() - started, 2)
+        run_exported = exporter.load(tmp, artefact, target.recipe)
+        parity = P.compare(model, run_exported, task, split, batch_size)
+        problems = P.failures(parity, tolerances, keys)
+        parity["passed"] = not problems
+        timing = P.latency(model, run_exported, task, split, spec.latency_runs)
+        del run_exported  # release the artefact (file handles) before the dir moves
+        sizes = {
+            "export_bytes": _dir_bytes(tmp),
+            "torch_bytes": _dir_bytes(target.model_dir, only=("model.safetensors",)),
+        }
         result = {
             "run_dir": str(target.run.path) if target.run else None,
             "format": fmt,
+            "artefact": artefact,
             "parity": parity,
-            "tolerances": {
-                "max_abs_diff": spec.max_abs_diff,
-                "max_metric_drop": spec.max_metric_drop,
-            },
+            "tolerances": tolerances,
+            "latency": timing,
+            "sizes": sizes,
+            "write_seconds": export_seconds,
         }
-        if not passed:
+        if problems:
             error = GateError(
-                f"{fmt} export failed its parity gate: max |diff| {parity['max_abs_diff']:.2e}"
-                f" (limit {spec.max_abs_diff:.2e}), accuracy drop {parity['metric_drop']:.4f}"
-                f" (limit {spec.max_metric_drop}); nothing written"
+                f"{fmt} export failed its parity gate on {parity['samples']} {split.name}"
+                f" examples: {'; '.join(problems)}; nothing written"
             )
             error.payload = result
             raise error
@@ -96,10 +136,16 @@ def run_export(
             format=fmt,
             source=str(target.model_dir.resolve()),
             run_dir=str(target.run.path.resolve()) if target.run else None,
+            labels=prepared.label_names,
             recipe=target.recipe.resolved(),
+            artefact=artefact,
             parity=parity,
-            tolerances=result["tolerances"],
+            tolerances=tolerances,
+            latency=timing,
+            sizes=sizes,
+            versions=_versions(fmt),
         )
+        fsync_tree(tmp)  # on disk before the rename makes it visible
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -108,46 +154,84 @@ def run_export(
         raise OutputError(f"{out_dir}: cannot write export ({exc.strerror})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     log.info(
-        "exported %s to %s (%.1f MB); parity max |diff| %.2e",
+        "exported %s to %s (%.1f MB); parity on %d examples: max |diff| %.2e, %s %s",
         fmt,
         out_dir,
-        size / 1e6,
+        sizes["export_bytes"] / 1e6,
+        parity["samples"],
         parity["max_abs_diff"],
+        parity["metric"],
+        _pair(parity["metric_torch"], parity["metric_export"]),
     )
     return result | {
         "outputs": {"dir": str(out_dir), "manifest": str(out_dir / "manifest.json")},
-        "bytes": size,
+        "bytes": sizes["export_bytes"],
     }
 
 
-def check_parity(model: torch.nn.Module, run_exported: Any, batches: list[dict]) -> dict[str, Any]:
-    """Max/mean |logit difference| and accuracy of both on the same real batches."""
-    diffs, agree, torch_correct, export_correct, n = [], 0, 0, 0, 0
-    model.eval()
-    for batch in batches:
-        labels = batch.get("labels")
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with torch.inference_mode():
-            ref = model(**inputs).logits.float().numpy()
-        got = run_exported(inputs)
-        diffs.append(np.abs(ref - got).reshape(len(ref), -1))
-        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        if labels is not None:
-            y = labels.numpy()
-            torch_correct += int((ref.argmax(-1) == y).sum())
-            export_correct += int((got.argmax(-1) == y).sum())
-        n += len(ref)
-    d = np.concatenate(diffs)
-    torch_acc, export_acc = torch_correct / n, export_correct / n
-    return {
-        "samples": n,
-        "max_abs_diff": float(d.max()),
-        "mean_abs_diff": float(d.mean()),
-        "prediction_agreement": agree / n,
-        "metric": "accuracy",
-        "metric_torch": torch_acc,
-        "metric_export": export_acc,
-        "metric_drop": max(0.0, torch_acc - export_acc),
-    }
+def _tokenizer(model_dir: Path, prepared: Any) -> Any:
+    """The tokenizer saved with the model (what it was trained with); a checkpoint has
+    none, so the prepared data's."""
+    from fine_tune_cli.data.tokenizers import load_tokenizer
+
+    if "images" in prepared.manifest:  # image data: the image processor (preprocessor_config)
+        return prepared.processor
+    if (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file():
+        return load_tokenizer(model_dir)
+    return prepared.tokenizer
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a:.4f} (torch) / {b:.4f} (export)"
+
+
+def _dir_bytes(root: Path, only: tuple[str, ...] | None = None) -> int:
+    return sum(
+        p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and (only is None or p.name in only)
+    )
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    """Library versions that made (and can run) the artefact."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "transformers"]
+    if fmt in ("onnx", "int8"):
+        names += ["onnx", "onnxruntime", "onnxscript"]
+    out = {}
+    for name in names:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def summary_lines(p: dict[str, Any]) -> list[str]:
+    """The human summary of an export result (parity, latency, sizes)."""
+    par, lat, art = p["parity"], p.get("latency"), p.get("artefact") or {}
+    lines = [
+        f"parity on {par['samples']} {par['split']} examples: max |diff| {par['max_abs_diff']:.2e},"
+        f" mean {par['mean_abs_diff']:.2e}, agreement {par['prediction_agreement']:.4f},"
+        f" {par['metric']} {_pair(par['metric_torch'], par['metric_export'])}"
+    ]
+    if lat:
+        lines.append(
+            f"latency (1 example, median of {lat['runs']}): torch {lat['torch_ms']:.2f} ms,"
+            f" export {lat['export_ms']:.2f} ms"
+        )
+    if "int8_bytes" in art:
+        lines.append(
+            f"size: fp32 ONNX {art['fp32_bytes'] / 1e6:.2f} MB ->"
+            f" int8 {art['int8_bytes'] / 1e6:.2f} MB ({art['size_ratio']}x smaller)"
+        )
+    if "pruning" in art:
+        pr = art["pruning"]
+        rec = f"{pr['recovery']['steps']} steps" if pr["recovery"] else "none"
+        lines.append(
+            f"sparsity: {pr['sparsity_pruned_layers']:.1%} of {pr['layers_pruned']} linear layers"
+            f" ({pr['sparsity_model']:.1%} of all parameters, {pr['scope']});"
+            f" recovery: {rec}"
+        )
+    return lines

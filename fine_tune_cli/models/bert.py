@@ -89,5 +89,25 @@ def load_pretrained(cls, ctx: BuildContext, **config_overrides: object) -> nn.Mo
         ignore_mismatched_sizes=True,
         **config_overrides,
     )
+    missing = set(info.get("missing_keys", ()))
+    info["loaded_keys"] = [k for k in model.state_dict() if k not in missing]
     model.ftc_loading_info = info
     return model
+
+
+@register_model("bert", "mlm", auto_class="AutoModelForMaskedLM")
+def build_mlm(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
+    from transformers import BertForMaskedLM
+
+    if ctx.init_dir is not None:
+        return load_pretrained(BertForMaskedLM, ctx)
+    return BertForMaskedLM(bert_config(spec, ctx))
+
+
+@register_model("bert", "mlm_nsp", auto_class="AutoModelForPreTraining")
+def build_pretraining(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
+    from transformers import BertForPreTraining
+
+    if ctx.init_dir is not None:
+        return load_pretrained(BertForPreTraining, ctx)
+    return BertForPreTraining(bert_config(spec, ctx))

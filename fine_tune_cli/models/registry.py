@@ -120,6 +120,8 @@ def build_model(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
 def load_info_lines(info: dict[str, Any]) -> list[str]:
     """Human lines saying which weights were loaded, newly initialised or dropped."""
     lines = []
+    if info.get("loaded_keys"):
+        lines.append(f"loaded from the checkpoint: {_summarise(info['loaded_keys'])}")
     if info.get("missing_keys"):
         lines.append(f"newly initialised: {_summarise(info['missing_keys'])}")
     if info.get("unexpected_keys"):

@@ -202,7 +202,20 @@ def test_recipes_list(ftc):
     result = run(ftc, "recipes", "list")
     assert result.code == 0, result.err
     listed = [line.split()[0] for line in result.out.splitlines() if line.strip()]
-    assert listed == ["bert-spam", "demo", "minilm-spam"]
+    assert listed == [
+        "bert-kjv-testament",
+        "bert-mlm-kjv",
+        "bert-mlm-nsp-kjv",
+        "bert-spam",
+        "bert-spam-distill",
+        "demo",
+        "gpt2-clm-kjv",
+        "gpt2-kjv-testament",
+        "minilm-spam",
+        "vit-digits",
+        "vit-digits-from-mim",
+        "vit-mim-digits",
+    ]
     assert listed == sorted(builtin_recipes())
     payload = run(ftc, "recipes", "list", "--json").json()
     assert [r["name"] for r in payload["recipes"]] == listed

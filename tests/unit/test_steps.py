@@ -57,7 +57,9 @@ def test_every_step_is_registered_with_a_docstring_and_documented_params() -> No
 def test_steps_return_new_records_and_leave_inputs_alone() -> None:
     original = records("<b>Hello</b>  WORLD a@b.com", "<b>Hello</b>  WORLD a@b.com")
     snapshot = [dict(r) for r in original]
-    for name in STEPS.names():
+    from fine_tune_cli.data.image_steps import IMAGE_STEPS  # tests/vision covers those
+
+    for name in sorted(set(STEPS.names()) - IMAGE_STEPS):
         out = apply(name, original)
         assert original == snapshot, name
         assert all(o is not r for o in out for r in original), name

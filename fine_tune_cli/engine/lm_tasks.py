@@ -1,0 +1,238 @@
+"""Language-model tasks: BERT masked LM (+ next-sentence prediction) and GPT-2 causal LM.
+
+Masks are drawn per batch from a generator seeded by the run seed and the batch's sample
+indices, so masking is dynamic (differs across epochs) yet exactly reproducible on resume.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fine_tune_cli.data.batching import eval_batches, pad_batch
+from fine_tune_cli.data.store import PreparedSplit
+from fine_tune_cli.engine.tasks import TASKS, EvalResult, to_device
+from fine_tune_cli.evaluation.metrics import lm_metrics
+
+
+def _batch_generator(seed: int, indices: np.ndarray) -> torch.Generator:
+    digest = zlib.crc32(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    return torch.Generator().manual_seed(seed * 1_000_003 + digest)
+
+
+class MaskedLMTask:
+    """BERT MLM: 15% of non-special tokens selected (80% [MASK], 10% random, 10% kept)."""
+
+    unit = "masked tokens"
+
+    def __init__(self, tokenizer: Any, spec: Any, seed: int, nsp: bool):
+        self.pad_id = tokenizer.pad_token_id
+        self.mask_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.spec = spec
+        self.seed = seed
+        self.nsp = nsp
+        special = torch.zeros(self.vocab_size, dtype=torch.bool)
+        special[list(tokenizer.all_special_ids)] = True
+        self.special = special
+        # WordPiece continuation pieces ("##ing") belong to the word before them.
+        continuation = torch.zeros(self.vocab_size, dtype=torch.bool)
+        for token, index in tokenizer.get_vocab().items():
+            if token.startswith("##") and index < self.vocab_size:
+                continuation[index] = True
+        self.continuation = continuation
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, prepared: Any) -> MaskedLMTask:
+        return cls(
+            prepared.tokenizer, recipe.mlm, recipe.train.seed, recipe.model.task == "mlm_nsp"
+        )
+
+    def mask(self, ids: torch.Tensor, attention: torch.Tensor, gen: torch.Generator):
+        """(masked input ids, labels with -100 where nothing is predicted)."""
+        spec = self.spec
+        candidates = (~self.special[ids]) & attention.bool()
+        if spec.whole_word:
+            # Draw per word start, then spread the choice over the word's pieces.
+            starts = candidates & ~self.continuation[ids]
+            chosen_start = starts & (torch.rand(ids.shape, generator=gen) < spec.probability)
+            word_id = torch.cumsum(starts.long(), dim=1)
+            chosen_words = torch.zeros_like(word_id, dtype=torch.bool)
+            for row in range(ids.shape[0]):
+                picked = word_id[row][chosen_start[row]]
+                chosen_words[row] = torch.isin(word_id[row], picked) & (word_id[row] > 0)
+            selected = chosen_words & candidates
+        else:
+            selected = candidates & (torch.rand(ids.shape, generator=gen) < spec.probability)
+        labels = torch.where(selected, ids, torch.full_like(ids, -100))
+        roll = torch.rand(ids.shape, generator=gen)
+        to_mask = selected & (roll < spec.mask_ratio)
+        to_random = (
+            selected & (roll >= spec.mask_ratio) & (roll < spec.mask_ratio + spec.random_ratio)
+        )
+        random_ids = torch.randint(self.vocab_size, ids.shape, generator=gen)
+        masked = torch.where(to_mask, torch.full_like(ids, self.mask_id), ids)
+        masked = torch.where(to_random, random_ids, masked)
+        return masked, labels
+
+    def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = pad_batch(split, indices, self.pad_id)
+        nsp_labels = batch.pop("labels", None)
+        gen = _batch_generator(self.seed, indices)
+        batch["input_ids"], batch["labels"] = self.mask(
+            batch["input_ids"], batch["attention_mask"], gen
+        )
+        if "token_type_ids" in split.extra:
+            types = np.zeros(batch["input_ids"].shape, dtype=np.int64)
+            for j, i in enumerate(indices):
+                row = split.extra["token_type_ids"][split.offsets[i] : split.offsets[i + 1]]
+                types[j, : len(row)] = row
+            batch["token_type_ids"] = torch.from_numpy(types)
+        if self.nsp:
+            batch["next_sentence_label"] = nsp_labels
+        return batch
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return max(1, int((batch["labels"] != -100).sum()))
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "next_sentence_label")}
+        out = model(**inputs)
+        logits = out.prediction_logits if self.nsp else out.logits
+        return logits.float(), (out.seq_relationship_logits.float() if self.nsp else None)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, nsp_logits = self.outputs(model, batch)
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1))
+        if nsp_logits is not None:
+            loss = loss + F.cross_entropy(nsp_logits, batch["next_sentence_label"])
+        return loss
+
+    @torch.no_grad()
+    def evaluate(
+        self, model, split: PreparedSplit, batch_size: int, device, autocast
+    ) -> EvalResult:
+        was_training = model.training
+        model.eval()
+        loss_sum, count, correct, nsp_correct, nsp_loss, n = 0.0, 0, 0, 0, 0.0, 0
+        for idx in eval_batches(split, batch_size):
+            batch = to_device(self.collate(split, idx), device)
+            with autocast():
+                logits, nsp_logits = self.outputs(model, batch)
+            labels = batch["labels"]
+            picked = labels != -100
+            loss_sum += float(F.cross_entropy(logits[picked], labels[picked], reduction="sum"))
+            count += int(picked.sum())
+            correct += int((logits[picked].argmax(-1) == labels[picked]).sum())
+            if nsp_logits is not None:
+                target = batch["next_sentence_label"]
+                nsp_loss += float(F.cross_entropy(nsp_logits, target, reduction="sum"))
+                nsp_correct += int((nsp_logits.argmax(-1) == target).sum())
+                n += len(target)
+        model.train(was_training)
+        metrics = lm_metrics(loss_sum, count, correct, token_accuracy_name="mlm_accuracy")
+        if self.nsp and n:
+            metrics["nsp_accuracy"] = nsp_correct / n
+            metrics["nsp_loss"] = nsp_loss / n
+            metrics["loss"] = metrics["loss"] + metrics["nsp_loss"]
+        return EvalResult(metrics)
+
+
+class CausalLMTask:
+    """GPT-2 next-token prediction on packed blocks (no padding inside a block)."""
+
+    unit = "tokens"
+
+    def __init__(self, tokenizer: Any, generate: Any, seed: int):
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.generate_spec = generate
+        self.seed = seed
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, prepared: Any) -> CausalLMTask:
+        return cls(prepared.tokenizer, recipe.generate, recipe.train.seed)
+
+    def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = pad_batch(split, indices, self.pad_id)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return max(1, int((batch["labels"][:, 1:] != -100).sum()))
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def _token_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shift_logits = logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        return shift_logits, target
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, target = self._token_losses(model, batch)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(
+        self, model, split: PreparedSplit, batch_size: int, device, autocast
+    ) -> EvalResult:
+        was_training = model.training
+        model.eval()
+        loss_sum, count = 0.0, 0
+        for idx in eval_batches(split, batch_size):
+            batch = to_device(self.collate(split, idx), device)
+            with autocast():
+                logits, target = self._token_losses(model, batch)
+            loss_sum += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+                )
+            )
+            count += int((target != -100).sum())
+        model.train(was_training)
+        return EvalResult(lm_metrics(loss_sum, count))
+
+    @torch.no_grad()
+    def samples(self, model, split: PreparedSplit, device) -> list[dict[str, Any]]:
+        """Greedy and top-k continuations of held-out prompts (fixed seed)."""
+        spec = self.generate_spec
+        out: list[dict[str, Any]] = []
+        if not len(split) or not spec.samples:
+            return out
+        picks = np.linspace(0, len(split) - 1, num=min(spec.samples, len(split))).astype(int)
+        for i in picks:
+            prompt = (
+                torch.as_tensor(
+                    np.asarray(split.example(int(i))[: spec.prompt_tokens], dtype=np.int64)
+                )
+                .unsqueeze(0)
+                .to(device)
+            )
+            prompt_text = self.tokenizer.decode(prompt[0])
+            for mode in ("greedy", f"top-{spec.top_k}"):
+                torch.manual_seed(self.seed + int(i))  # generate() samples from the global RNG
+                ids = model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=spec.max_new_tokens,
+                    do_sample=mode != "greedy",
+                    top_k=spec.top_k if mode != "greedy" else None,
+                    pad_token_id=self.pad_id,
+                )
+                text = self.tokenizer.decode(ids[0, prompt.shape[1] :])
+                out.append({"text": prompt_text, "decoding": mode, "continuation": text})
+        return out
+
+
+TASKS.add("mlm", MaskedLMTask)
+TASKS.add("mlm_nsp", MaskedLMTask)
+TASKS.add("clm", CausalLMTask)

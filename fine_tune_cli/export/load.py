@@ -1,0 +1,73 @@
+"""Open what `ftc export` (or training's best/) wrote, for inference: check every file's
+sha256 against the manifest first (exit 6 on a mismatch), then load the artefact with
+its format's loader, the same one the parity gate ran."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fine_tune_cli.errors import RecipeError
+from fine_tune_cli.export.base import RunFn
+from fine_tune_cli.manifest import MANIFEST, verify_manifest
+from fine_tune_cli.recipe import Recipe, validate_tree
+from fine_tune_cli.runs import RECIPE_LOCK
+
+
+@dataclass
+class LoadedModel:
+    root: Path
+    format: str
+    recipe: Recipe
+    labels: list[str]
+    tokenizer: Any
+    run: RunFn
+    manifest: dict[str, Any]
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """An export dir or best/ as given, or a run dir's best/."""
+    if not path.exists():
+        raise RecipeError(f"{path}: no such model dir (an export dir, best/ or a run dir)")
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / RECIPE_LOCK).is_file():
+        if (path / "best" / MANIFEST).is_file():
+            return path / "best"
+        raise RecipeError(f"{path}: run dir has no best/ model yet")
+    raise RecipeError(f"{path}: not an export dir, best/ or run dir (no {MANIFEST})")
+
+
+def load_exported(path: Path) -> LoadedModel:
+    from fine_tune_cli.data.tokenizers import load_tokenizer
+    from fine_tune_cli.export.formats import EXPORTERS
+
+    root = resolve_model_dir(path)
+    manifest = verify_manifest(root)  # before anything is read from the files
+    if "recipe" not in manifest:
+        hint = " (a checkpoint: use its run dir or an export)" if "step" in manifest else ""
+        raise RecipeError(f"{root}: {MANIFEST} carries no recipe{hint}")
+    recipe = validate_tree(manifest["recipe"], default_origin=str(root / MANIFEST))
+    fmt = manifest.get("format", "hf")
+    if fmt not in EXPORTERS:
+        raise RecipeError(f"{root}: {EXPORTERS.unknown_message(fmt)}")
+    artefact = manifest.get("artefact") or {"file": "model.safetensors"}
+    return LoadedModel(
+        root=root,
+        format=fmt,
+        recipe=recipe,
+        labels=list(manifest.get("labels") or _config_labels(root)),
+        tokenizer=load_tokenizer(root),
+        run=EXPORTERS.get(fmt).load(root, artefact, recipe),
+        manifest=manifest,
+    )
+
+
+def _config_labels(root: Path) -> list[str]:
+    try:
+        id2label = json.loads((root / "config.json").read_text()).get("id2label") or {}
+    except (OSError, ValueError):
+        return []
+    return [id2label[str(i)] for i in range(len(id2label))]
