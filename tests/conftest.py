@@ -3,10 +3,13 @@ the real CLI entry point in-process and returns (exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +94,35 @@ def needs_shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (../shared/data is optional)")
     return path
+
+
+def run_cli(*args: str | Path, stdin: bytes | None = None) -> Result:
+    """`ftc ARGS` in-process without capsys (usable from module/session fixtures),
+    optionally fed stdin."""
+    from fine_tune_cli.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        if stdin is not None:
+            mp = stack.enter_context(pytest.MonkeyPatch.context())
+            mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def cli_env(cache_dir: Path, cwd: Path) -> Iterator[None]:
+    """What the autouse `isolated` fixture sets up, for module/session-scoped fixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTC_CACHE_DIR", str(cache_dir))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        mp.delenv("FTC_DEBUG", raising=False)
+        mp.chdir(cwd)
+        yield

@@ -5,9 +5,7 @@ One run is trained per module and shared; tests that change a run work on a copy
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import os
 import shutil
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEMO_DATA, REPO, TINY, Result
+from tests.conftest import DEMO_DATA, REPO, TINY, Result, cli_env, run_cli
 
 # A seed no other test uses, so the session cache cannot already hold this prepared data.
 FRESH_SEED = "data.split.seed=9173"
@@ -25,30 +23,6 @@ SENTENCE = "Congratulations! You have won a free cruise, click here to claim you
 
 
 # --------------------------------------------------------------------------- helpers
-def run_cli(*args: str) -> Result:
-    """`ftc ARGS` in-process without pytest's capsys (usable from module fixtures)."""
-    from fine_tune_cli.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-@contextlib.contextmanager
-def cli_env(cache_dir: Path, cwd: Path):
-    """What the autouse `isolated` fixture sets up, for module-scoped fixtures."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTC_CACHE_DIR", str(cache_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        mp.delenv("FTC_DEBUG", raising=False)
-        mp.chdir(cwd)
-        yield
 
 
 def copy_run(run: Path, dest: Path) -> Path:

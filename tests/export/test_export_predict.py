@@ -6,9 +6,7 @@ and refuses a tampered model (exit 6)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import shutil
 import subprocess
@@ -18,41 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_DATA, TINY, Result
+from tests.conftest import DEMO_DATA, TINY, Result, cli_env, run_cli
 
 FORMATS = ("hf", "onnx", "torchscript", "int8", "pruned")
 FAST = ["export.latency_runs=3"]
 
 
 # --------------------------------------------------------------------------- helpers
-def run_cli(*args: str, stdin: bytes | None = None) -> Result:
-    """`ftc ARGS` in-process (usable from module fixtures), optionally fed stdin."""
-    from fine_tune_cli.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(contextlib.redirect_stdout(out))
-        stack.enter_context(contextlib.redirect_stderr(err))
-        if stdin is not None:
-            mp = stack.enter_context(pytest.MonkeyPatch.context())
-            mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-@contextlib.contextmanager
-def cli_env(cache_dir: Path, cwd: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTC_CACHE_DIR", str(cache_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        mp.delenv("FTC_DEBUG", raising=False)
-        mp.chdir(cwd)
-        yield
 
 
 def flip_byte(path: Path) -> None:

@@ -4,18 +4,15 @@ through the real CLI (the chaining tests start from them)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import DEMO_DATA, Result
+from tests.conftest import DEMO_DATA, Result, cli_env, run_cli
 
 # Few steps, tiny models, short blocks: the LM suite has to stay well under a minute.
 FAST_TRAIN = {"max_steps": 2, "batch_size": 8, "eval_every": 2}
@@ -153,30 +150,6 @@ def classification_recipe(
 
 
 # --------------------------------------------------------------------------- CLI runs
-def run_cli(*args: str | Path) -> Result:
-    """`ftc ARGS` in-process without capsys (usable from session fixtures)."""
-    from fine_tune_cli.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-@contextlib.contextmanager
-def cli_env(cache_dir: Path, cwd: Path) -> Iterator[None]:
-    """What the autouse `isolated` fixture sets up, for session-scoped fixtures."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTC_CACHE_DIR", str(cache_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        mp.delenv("FTC_DEBUG", raising=False)
-        mp.chdir(cwd)
-        yield
 
 
 @pytest.fixture(scope="session")
