@@ -66,18 +66,16 @@ def tokenizer_source(recipe: Recipe) -> tuple[str, Path | None]:
 
 
 def fingerprint_dir(path: Path) -> str:
-    """Content hash of a tokenizer dir's files (part of the prepared-data hash)."""
+    """Content hash of a tokenizer (part of the prepared-data hash). tokenizer.json defines
+    a fast tokenizer completely; config files differ in bookkeeping fields only."""
     digest = hashlib.sha256()
-    for name in sorted(p.name for p in path.iterdir() if p.is_file()):
-        if (
-            name.startswith("tokenizer")
-            or name.startswith("vocab")
-            or name
-            in (
-                "merges.txt",
-                "special_tokens_map.json",
-            )
-        ):
+    names = (
+        ["tokenizer.json"]
+        if (path / "tokenizer.json").is_file()
+        else ["vocab.txt", "vocab.json", "merges.txt"]
+    )
+    for name in names:
+        if (path / name).is_file():
             digest.update(name.encode())
             digest.update((path / name).read_bytes())
     return digest.hexdigest()
