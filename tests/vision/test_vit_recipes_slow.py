@@ -13,7 +13,6 @@ pytestmark = pytest.mark.slow
 def test_vit_digits_reaches_its_target(ftc, isolated: Path):
     result = ftc("train", "vit-digits", "--json")
     assert result.code == 0, result.err
-    assert result.json()["seconds"] < 120 * 3  # ~1 min on 2 free cores; generous when shared
     result = ftc("eval", isolated / "runs/vit-digits", "--split", "test", "--json")
     assert result.code == 0, result.err
     assert result.json()["metrics"]["accuracy"] >= 0.96
