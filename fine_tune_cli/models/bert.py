@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from fine_tune_cli.models.registry import (
     BuildContext,
     Family,
+    build_or_load,
+    label_kwargs,
     preset_config,
     register_family,
     register_model,
@@ -61,53 +63,22 @@ def bert_config(spec: ModelSpec, ctx: BuildContext, **extra: object):
     )
 
 
-def label_kwargs(ctx: BuildContext) -> dict[str, object]:
-    names = list(ctx.label_names)
-    return {
-        "num_labels": len(names),
-        "id2label": dict(enumerate(names)),
-        "label2id": {name: i for i, name in enumerate(names)},
-    }
-
-
 @register_model("bert", "classification", auto_class="AutoModelForSequenceClassification")
 def build_classifier(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import BertForSequenceClassification
 
-    if ctx.init_dir is not None:
-        return load_pretrained(BertForSequenceClassification, ctx, **label_kwargs(ctx))
-    return BertForSequenceClassification(bert_config(spec, ctx, **label_kwargs(ctx)))
-
-
-def load_pretrained(cls, ctx: BuildContext, **config_overrides: object) -> nn.Module:
-    """Load weights from a local dir; remember what was loaded/new/dropped for the log."""
-    model, info = cls.from_pretrained(
-        str(ctx.init_dir),
-        local_files_only=True,
-        use_safetensors=True,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,
-        **config_overrides,
-    )
-    missing = set(info.get("missing_keys", ()))
-    info["loaded_keys"] = [k for k in model.state_dict() if k not in missing]
-    model.ftc_loading_info = info
-    return model
+    return build_or_load(BertForSequenceClassification, spec, ctx, bert_config, **label_kwargs(ctx))
 
 
 @register_model("bert", "mlm", auto_class="AutoModelForMaskedLM")
 def build_mlm(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import BertForMaskedLM
 
-    if ctx.init_dir is not None:
-        return load_pretrained(BertForMaskedLM, ctx)
-    return BertForMaskedLM(bert_config(spec, ctx))
+    return build_or_load(BertForMaskedLM, spec, ctx, bert_config)
 
 
 @register_model("bert", "mlm_nsp", auto_class="AutoModelForPreTraining")
 def build_pretraining(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import BertForPreTraining
 
-    if ctx.init_dir is not None:
-        return load_pretrained(BertForPreTraining, ctx)
-    return BertForPreTraining(bert_config(spec, ctx))
+    return build_or_load(BertForPreTraining, spec, ctx, bert_config)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fine_tune_cli.models.bert import label_kwargs, load_pretrained
 from fine_tune_cli.models.registry import (
     BuildContext,
     Family,
+    build_or_load,
+    label_kwargs,
     preset_config,
     register_family,
     register_model,
@@ -69,9 +70,7 @@ def gpt2_config(spec: ModelSpec, ctx: BuildContext, **extra: object):
 def build_clm(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import GPT2LMHeadModel
 
-    if ctx.init_dir is not None:
-        return load_pretrained(GPT2LMHeadModel, ctx)
-    return GPT2LMHeadModel(gpt2_config(spec, ctx))
+    return build_or_load(GPT2LMHeadModel, spec, ctx, gpt2_config)
 
 
 @register_model("gpt2", "classification", auto_class="AutoModelForSequenceClassification")
@@ -79,11 +78,8 @@ def build_classifier(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import GPT2ForSequenceClassification
 
     # Pooling takes the last token that is not padding, so the pad id must be set.
-    if ctx.init_dir is not None:
-        model = load_pretrained(
-            GPT2ForSequenceClassification, ctx, pad_token_id=ctx.pad_token_id, **label_kwargs(ctx)
-        )
-    else:
-        model = GPT2ForSequenceClassification(gpt2_config(spec, ctx, **label_kwargs(ctx)))
+    model = build_or_load(
+        GPT2ForSequenceClassification, spec, ctx, gpt2_config, **label_kwargs(ctx)
+    )
     model.config.pad_token_id = ctx.pad_token_id
     return model

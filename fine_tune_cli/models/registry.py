@@ -109,6 +109,40 @@ def resolve_init_dir(path: str | Path) -> Path:
     return found
 
 
+def label_kwargs(ctx: BuildContext) -> dict[str, object]:
+    names = list(ctx.label_names)
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def load_pretrained(cls, ctx: BuildContext, **config_overrides: object) -> nn.Module:
+    """Load weights from a local dir; remember what was loaded/new/dropped for the log."""
+    model, info = cls.from_pretrained(
+        str(ctx.init_dir),
+        local_files_only=True,
+        use_safetensors=True,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        **config_overrides,
+    )
+    missing = set(info.get("missing_keys", ()))
+    info["loaded_keys"] = [k for k in model.state_dict() if k not in missing]
+    model.ftc_loading_info = info
+    return model
+
+
+def build_or_load(
+    cls: Any, spec: ModelSpec, ctx: BuildContext, make_config: Any, **config: object
+) -> nn.Module:
+    """`cls` from `init_from` when the recipe names one, else fresh from the size preset."""
+    if ctx.init_dir is not None:
+        return load_pretrained(cls, ctx, **config)
+    return cls(make_config(spec, ctx, **config))
+
+
 def get_model(spec: ModelSpec) -> ModelEntry:
     return MODELS.get(f"{spec.family}/{spec.task}")
 

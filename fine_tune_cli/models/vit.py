@@ -12,10 +12,11 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fine_tune_cli.errors import RecipeError
-from fine_tune_cli.models.bert import label_kwargs, load_pretrained
 from fine_tune_cli.models.registry import (
     BuildContext,
     Family,
+    label_kwargs,
+    load_pretrained,
     preset_config,
     register_family,
     register_model,
