@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: install demo test test-slow lint format docs clean
+.PHONY: install demo test test-slow fuzz lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+# ~2,150 in-process CLI cases with fresh randomness (make test runs a fixed ~215)
+fuzz: install
+	FTC_FUZZ_SCALE=10 $(VENV)/bin/pytest -q tests/fuzz --hypothesis-show-statistics
 
 lint: install
 	$(VENV)/bin/ruff check .

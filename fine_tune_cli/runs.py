@@ -238,3 +238,88 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "argv": sys.argv,
     }
+
+
+def lock_owner_alive(path: Path) -> bool:
+    """True while a live process on this host (or any other host) holds the run lock."""
+    owner = read_json(path / LOCK)
+    pid = int(owner.get("pid", 0) or 0)
+    if not pid:
+        return False
+    return owner.get("host") != socket.gethostname() or _pid_alive(pid)
+
+
+def summarize_run(path: Path) -> dict[str, Any] | None:
+    """One row of `ftc runs list`, or None when `path` is not a run dir.
+
+    Reads recipe.lock.yaml as plain YAML (not through the schema) so runs written by an
+    older ftc still list.
+    """
+    import yaml
+
+    run = RunDir(path)
+    prov = run.provenance()
+    lock_file = path / RECIPE_LOCK
+    if not prov and not lock_file.is_file():
+        return None
+    try:
+        recipe = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        recipe = {}
+    recipe = recipe if isinstance(recipe, dict) else {}
+    model = recipe.get("model") or {}
+    train = recipe.get("train") or {}
+    status = prov.get("status", "unknown")
+    if status == "running" and not lock_owner_alive(path):
+        status = "stopped"  # killed without a chance to record it (SIGKILL, power loss)
+    history = run.history()
+    steps = [r["step"] for r in history if isinstance(r.get("step"), int)]
+    summary = prov.get("summary") or {}
+    best_metric = train.get("best_metric") if isinstance(train, dict) else None
+    best_step = summary.get("best_step")
+    evals = [r for r in history if r.get("split") == "validation"]
+    best_value = None
+    key = f"eval_{best_metric}"
+    scored = [r for r in evals if isinstance(r.get(key), int | float)]
+    if best_metric and scored:
+        from fine_tune_cli.recipe import LOWER_IS_BETTER
+
+        at_best = [r for r in scored if r.get("step") == best_step]
+        if at_best:
+            chosen = at_best[-1]
+        else:  # unfinished run: the best evaluation so far
+            sign = 1 if best_metric in LOWER_IS_BETTER else -1
+            chosen = min(scored, key=lambda r: sign * r[key])
+        best_step, best_value = chosen.get("step"), chosen[key]
+    checkpoints = sorted(p.parent.name for p in run.checkpoints.glob("step-*/COMPLETE"))
+    return {
+        "name": path.name,
+        "path": str(path),
+        "status": status,
+        "family": model.get("family"),
+        "task": model.get("task"),
+        "step": summary.get("steps", max(steps, default=0)),
+        "best_step": best_step,
+        "best_metric": best_metric,
+        "best_value": best_value,
+        "started": prov.get("started"),
+        "finished": prov.get("finished"),
+        "seconds": summary.get("seconds"),
+        "checkpoints": len(checkpoints),
+        "resumable": bool(checkpoints) and status != "complete",
+        "error": prov.get("error"),
+    }
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Run dirs directly under `root` (or `root` itself), newest start first."""
+    rows = []
+    own = summarize_run(root)
+    if own is not None:
+        rows.append(own)
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        row = summarize_run(child)
+        if row is not None:
+            rows.append(row)
+    rows.sort(key=lambda r: r["started"] or "", reverse=True)
+    return rows

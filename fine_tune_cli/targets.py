@@ -39,12 +39,28 @@ def resolve_target(path: str | Path) -> Target:
         manifest = _read_manifest(path)
         if "recipe" not in manifest:
             raise RecipeError(f"{path}: model dir has no recipe in manifest.json (not made by ftc)")
-        run_dir = manifest.get("run_dir")
-        run = RunDir(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
-        return Target(run, path, validate_tree(manifest["recipe"]))
+        return Target(_owning_run(path, manifest), path, validate_tree(manifest["recipe"]))
     raise RecipeError(
         f"{path}: not a run dir, checkpoint or model dir (no {RECIPE_LOCK} or config.json)"
     )
+
+
+def _owning_run(model_dir: Path, manifest: dict[str, Any]) -> RunDir | None:
+    """The run a model dir belongs to: an enclosing run dir (best/, export/<format>/),
+    else the run dir its manifest names, if that still exists."""
+    for parent in list(model_dir.parents)[:3]:
+        if (parent / RECIPE_LOCK).is_file() and not (parent / "config.json").is_file():
+            return RunDir(parent)
+    run_dir = manifest.get("run_dir")
+    return RunDir(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+
+
+def eval_dir(target: Target, split: str) -> Path:
+    """Where eval writes: RUN_DIR/eval/<split>/, or beside a stand-alone model dir
+    (<dir>.eval/<split>/) — never inside it, where files would break its manifest."""
+    if target.run is not None:
+        return target.run.path / "eval" / split
+    return target.model_dir.with_name(target.model_dir.name + ".eval") / split
 
 
 def _recipe_from(path: Path) -> Recipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -9,7 +10,7 @@ import typer
 from typer.exceptions import TyperException
 
 from fine_tune_cli.cli import eval as eval_cmd
-from fine_tune_cli.cli import export, predict, prepare, recipes, train, verify
+from fine_tune_cli.cli import export, predict, prepare, recipes, runs, train, verify
 from fine_tune_cli.cli.common import emit_json, error_payload
 
 app = typer.Typer(
@@ -30,6 +31,30 @@ app.command("export")(export.export)
 app.command("verify")(verify.verify)
 app.command("predict")(predict.predict)
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(runs.app, name="runs")
+
+
+def _value_options() -> set[str]:
+    """Every option name, across commands, that takes a value (`--out FILE`, ...)."""
+    names: set[str] = set()
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        stack.extend(getattr(command, "commands", {}).values())
+        for param in command.params:
+            if getattr(param, "is_flag", True) is False:
+                names.update(o for o in param.opts if o.startswith("--"))
+    return names
+
+
+def _swallowed_option(args: list[str]) -> str | None:
+    """`ftc eval RUN --compare --json` would take "--json" as the run dir to compare with
+    and silently drop JSON mode: refuse an option name given as another option's value."""
+    takes_value = _value_options()
+    for name, value in itertools.pairwise(args):
+        if name in takes_value and value.startswith("--"):
+            return f"option {name} needs a value, got the option {value}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
+    swallowed = _swallowed_option(args)
+    if swallowed:
+        _usage_error(args, swallowed, "")
     try:
         code = app(args=args, prog_name="ftc", standalone_mode=False)
     except typer.Abort:
@@ -49,9 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        sys.stderr.write(f"error: {message}{hint}\n")
-        if "--json" in args:
-            command = next((a for a in args if not a.startswith("-")), "ftc")
-            emit_json(error_payload(command, 2, message))
-        sys.exit(2)
+        _usage_error(args, message, hint)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(args: list[str], message: str, hint: str) -> None:
+    sys.stderr.write(f"error: {message}{hint}\n")
+    if "--json" in args:
+        command = next((a for a in args if not a.startswith("-")), "ftc")
+        emit_json(error_payload(command, 2, message))
+    sys.exit(2)

@@ -14,7 +14,7 @@ import torch
 from fine_tune_cli.errors import DataError, GateError, RecipeError
 from fine_tune_cli.evaluation.metrics import flat_metrics
 from fine_tune_cli.recipe import LOWER_IS_BETTER
-from fine_tune_cli.targets import Target, load_model, prepared_for, resolve_target
+from fine_tune_cli.targets import Target, eval_dir, load_model, prepared_for, resolve_target
 
 log = logging.getLogger("ftc")
 
@@ -137,8 +137,7 @@ def run_eval(
             target_path, split=split, data_file=data_file
         )
     labels = _labels(target)
-    base = target.run.path if target.run else target.model_dir
-    out_dir = base / "eval" / split_name
+    out_dir = eval_dir(target, split_name)
     examples = details.get("samples") or misclassified(details, texts, labels)
     from fine_tune_cli.evaluation.image_report import image_plots
 

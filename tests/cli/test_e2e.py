@@ -456,3 +456,83 @@ def test_verify_export_and_detect_tampering(
     e = bad.json()
     assert e["status"] == "error" and e["exit_code"] == 6
     assert "model.safetensors" in e["message"]
+
+
+def test_verify_run_dir_checks_best_checkpoints_and_exports(
+    ftc, exported: tuple[Result, Path], tmp_path: Path
+) -> None:
+    run = shutil.copytree(exported[1], tmp_path / "run")
+    ok = ftc("verify", run, "--json")
+    assert ok.code == 0, ok.err
+    p = ok.json()
+    verified = {Path(d).relative_to(run).as_posix() for d in p["verified"]}
+    assert {"best", "checkpoints/step-000012", "export/hf"} <= verified
+    assert p["dirs"] == len(verified) and p["files"] > 3 * p["dirs"]
+
+    ckpt = run / "checkpoints" / "step-000012"
+    flip_byte(ckpt / "model.safetensors")
+    bad = ftc("verify", run, "--json")
+    assert bad.code == 6, bad.err
+    assert "step-000012/model.safetensors" in bad.json()["message"]
+
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    shutil.copy(run / "recipe.lock.yaml", empty)
+    nothing = ftc("verify", empty, "--json")
+    assert nothing.code == 6 and "nothing" not in nothing.err
+    assert "holds no best/" in nothing.json()["message"]
+
+
+def test_eval_of_a_model_dir_writes_beside_it_not_into_it(
+    ftc, run_dir: Path, tmp_path: Path
+) -> None:
+    """A stand-alone best/ copy keeps its manifest valid after eval."""
+    model = shutil.copytree(run_dir / "best", tmp_path / "model")
+    result = ftc("eval", model, "--split", "validation", "--json")
+    assert result.code == 0, result.err
+    assert (tmp_path / "model.eval" / "validation" / "metrics.json").is_file()
+    assert ftc("verify", model).code == 0
+    again = ftc("eval", model, "--split", "validation", "--json")  # still loads
+    assert again.code == 0, again.err
+
+
+# --------------------------------------------------------------------------- runs list
+def test_runs_list_reports_complete_stopped_and_foreign_dirs(
+    ftc, run_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    copy_run(run_dir, root / "done")
+    # A run killed mid-way: provenance still says running, its lock owner is dead.
+    killed = copy_run(run_dir, root / "killed")
+    prov = json.loads((killed / "provenance.json").read_text())
+    prov.update(status="running", started="2099-01-01T00:00:00Z")
+    prov.pop("summary", None)
+    (killed / "provenance.json").write_text(json.dumps(prov))
+    (killed / ".lock").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    (root / "notes").mkdir()  # not a run dir: skipped
+
+    result = ftc("runs", "list", root, "--json")
+    assert result.code == 0, result.err
+    rows = {r["name"]: r for r in result.json()["runs"]}
+    assert set(rows) == {"done", "killed"}
+    assert [r["name"] for r in result.json()["runs"]] == ["killed", "done"]  # newest first
+    done, stopped = rows["done"], rows["killed"]
+    assert done["status"] == "complete" and not done["resumable"]
+    assert (done["family"], done["task"]) == ("bert", "classification")
+    assert done["step"] == 12 and done["best_metric"] == "f1_macro"
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    at_best = [r for r in history if r.get("step") == done["best_step"] and "eval_f1_macro" in r]
+    assert done["best_value"] == pytest.approx(at_best[-1]["eval_f1_macro"])
+    assert stopped["status"] == "stopped" and stopped["resumable"] is True
+    assert stopped["checkpoints"] >= 1
+
+    human = ftc("runs", "list", root)
+    assert human.code == 0, human.err
+    assert "stopped (resumable)" in human.out and "bert/classification" in human.out
+
+    empty = ftc("runs", "list", tmp_path / "nothing-here", "--json")
+    assert empty.code == 2 and "no such directory" in empty.json()["message"]
+    (tmp_path / "blank").mkdir()
+    blank = ftc("runs", "list", tmp_path / "blank")
+    assert blank.code == 0 and "no runs in" in blank.out
