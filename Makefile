@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: install demo test test-slow fuzz lint format docs clean
+.PHONY: install demo test test-slow fuzz bench lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test-slow: install
 # ~2,150 in-process CLI cases with fresh randomness (make test runs a fixed ~215)
 fuzz: install
 	FTC_FUZZ_SCALE=10 $(VENV)/bin/pytest -q tests/fuzz --hypothesis-show-statistics
+
+# ftc vs the stock transformers Trainer, same model/data/steps (README "Results and benchmarks")
+bench: install
+	$(PY) scripts/bench.py demo --runs 3 train.max_steps=150
 
 lint: install
 	$(VENV)/bin/ruff check .
