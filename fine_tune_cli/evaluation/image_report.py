@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fine_tune_cli.evaluation.report import _figure_png, _pyplot
+from fine_tune_cli.evaluation.report import _figure_png, _plot_label, _pyplot
 
 MAX_SHOWN = 36
 COLUMNS = 6
@@ -55,4 +55,4 @@ def misclassified_grid_png(details: dict[str, Any], label_names: list[str]) -> b
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= 14 else name[:13] + "…"
+    return _plot_label(name if len(name) <= 14 else name[:13] + "…")

@@ -232,9 +232,13 @@ def _markdown(title: str, sections: list, image_names: list[str]) -> str:
     if image_names:
         lines += ["## Plots", ""]
         for name in image_names:
-            caption = name.removesuffix(".png").replace("_", " ").capitalize()
-            lines += [f"![{caption}]({name})", ""]
+            lines += [f"![{_caption(name)}]({name})", ""]
     return "\n".join(lines)
+
+
+def _caption(image_name: str) -> str:
+    """confusion_matrix.png -> Confusion matrix."""
+    return image_name.removesuffix(".png").replace("_", " ").capitalize()
 
 
 _CSS = """
@@ -243,11 +247,16 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
 h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; white-space: nowrap; }
+td { overflow-wrap: anywhere; }  /* a long unbroken token must not widen the page */
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 p.note { color: #666; font-size: 0.85rem; }
 img { max-width: 100%; height: auto; }
+figure { margin: 1rem 0; } figcaption { color: #666; font-size: 0.85rem; }
 """
+# The report is opened from disk, often offline and possibly long after the run: it
+# loads nothing and runs nothing (plots are inline data: URIs, styles inline).
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _html(title: str, sections: list, images: dict[str, bytes]) -> str:
@@ -262,6 +271,8 @@ def _html(title: str, sections: list, images: dict[str, bytes]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(_CSP)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
@@ -283,7 +294,11 @@ def _html(title: str, sections: list, images: dict[str, bytes]) -> str:
         parts.append("<h2>Plots</h2>")
         for name, png in images.items():
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<p><img alt="{esc(name)}" src="data:image/png;base64,{data}"></p>')
+            caption = esc(_caption(name))
+            parts.append(
+                f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{caption} ({esc(name)})</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -309,6 +324,13 @@ def _figure_png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
+def _plot_label(text: str) -> str:
+    """`text` as matplotlib draws it literally. Label names come from user data, and a
+    pair of `$` would otherwise be parsed as mathtext: rendered as math or, for an
+    unknown command such as `$\\x$`, fail the whole eval."""
+    return text.replace("$", r"\$")
+
+
 def _confusion_matrix_png(matrix: np.ndarray, label_names: list[str]) -> bytes:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -316,7 +338,7 @@ def _confusion_matrix_png(matrix: np.ndarray, label_names: list[str]) -> bytes:
     n = matrix.shape[0]
     if len(label_names) != n:
         label_names = [str(i) for i in range(n)]
-    ticks = [name if len(name) <= 20 else name[:19] + "…" for name in label_names]
+    ticks = [_plot_label(name if len(name) <= 20 else name[:19] + "…") for name in label_names]
     side = min(max(4.0, 0.45 * n + 2.0), 24.0)
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = ax.imshow(matrix, cmap="Blues", interpolation="nearest")
@@ -382,7 +404,8 @@ def _training_curves_png(history: list[dict[str, Any]]) -> bytes | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), squeeze=False)
     for ax, (series, ylabel) in zip(axes[0], panels, strict=True):
         for key, (xs, ys) in series.items():
-            style = "o-" if key.startswith("eval_") else "-"
+            # a line alone draws nothing for one point (a short run logs loss once)
+            style = "o-" if key.startswith("eval_") or len(xs) == 1 else "-"
             ax.plot(xs, ys, style, label=key, markersize=3, linewidth=1.2)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

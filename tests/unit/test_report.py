@@ -133,3 +133,25 @@ def test_failed_write_keeps_previous_metrics(
         write_report(tmp_path, {"accuracy": 0.1}, title="t")
     assert (tmp_path / "metrics.json").read_text() == before
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_dollar_signs_in_label_names_are_plotted_literally(tmp_path: Path) -> None:
+    """A pair of `$` is matplotlib mathtext; `$\\x$` used to fail the whole eval."""
+    from fine_tune_cli.evaluation.image_report import image_plots
+
+    names = [r"save $\x$ now", "$a$", "cost $5"]
+    y = np.array([0, 1, 2, 0])
+    probs = np.eye(3)[[1, 2, 0, 0]] * 0.7 + 0.1
+    written = write_report(tmp_path, classification_metrics(y, probs, names), title="t")
+    assert Path(written["confusion_matrix_png"]).read_bytes().startswith(b"\x89PNG")
+    pixels = np.zeros((4, 3, 8, 8), dtype=np.uint8)
+    plots = image_plots({"probs": probs, "labels": y, "pixels": pixels}, names)
+    assert plots["misclassified.png"].startswith(b"\x89PNG")
+
+
+def test_html_head_declares_charset_and_loads_nothing(tmp_path: Path, metrics: dict) -> None:
+    page = Path(write_report(tmp_path, metrics, title="t")["report_html"]).read_text()
+    head = page.split("</head>")[0]
+    assert '<meta charset="utf-8">' in head
+    assert "default-src &#x27;none&#x27;; img-src data:" in head  # CSP: offline, no script
+    assert '<img alt="Confusion matrix" src="data:image/png;base64,' in page
