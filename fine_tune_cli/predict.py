@@ -1,10 +1,12 @@
-"""`ftc predict`: label new texts with any exported model (hf, onnx, torchscript, int8,
-pruned) or a run's best/, through the same cleaning steps and tokenizer as training.
+"""`ftc predict`: label new texts or images with any exported model (hf, onnx,
+torchscript, int8, pruned) or a run's best/, through the same cleaning steps and
+tokenizer (texts) or image steps and normalisation (images) as training and eval.
 
 Every input row gets exactly one prediction, in input order. Steps that drop records at
 prepare time (dedupe, filter_length) do not drop inputs here: such a row is predicted
 from its cleaned text and flagged with `"filtered": "<step>"`, so a caller can tell it
-lies outside what the model was trained on.
+lies outside what the model was trained on. An image that cannot be decoded fails the
+whole command (exit 3, naming the file): nothing is written.
 """
 
 from __future__ import annotations
@@ -38,21 +40,23 @@ def run_predict(model_dir: str, source: str, *, out: str, json_mode: bool) -> di
 
     if out == STDIN and json_mode:
         raise RecipeError("--out - writes predictions to stdout; it cannot be combined with --json")
-    if source != STDIN and not Path(source).is_file():
-        raise DataError(f"{source}: input file not found")
+    if source != STDIN and not Path(source).exists():
+        raise DataError(f"{source}: input not found")
     loaded = load_exported(Path(model_dir))
     recipe = loaded.recipe
-    if (
-        recipe.model.task != "classification"
-        or FAMILIES.get(recipe.model.family).tokenizer_kind is None
-    ):
+    if recipe.model.task != "classification":
         raise RecipeError(
-            f"{loaded.root}: ftc predict labels texts with a text classification model"
+            f"{loaded.root}: ftc predict labels inputs with a classification model"
             f" (this one is {recipe.model.family}/{recipe.model.task})"
         )
-    records = read_inputs(source, recipe)
-    records = clean(records, recipe)
-    probs = predict_probs(loaded, [r["text"] for r in records])
+    if FAMILIES.get(recipe.model.family).tokenizer_kind is None:
+        records = image_inputs(source, recipe)
+        probs = predict_image_probs(loaded, records)
+    else:
+        if source != STDIN and Path(source).is_dir():
+            raise DataError(f"{source}: a folder; a text model reads a csv/jsonl/txt file or -")
+        records = clean(read_inputs(source, recipe), recipe)
+        probs = predict_probs(loaded, [r["text"] for r in records])
     rows = prediction_rows(records, probs, loaded.labels)
     if out == STDIN:
         _write_lines(sys.stdout, rows)
@@ -175,6 +179,147 @@ def predict_probs(loaded: Any, texts: list[str]) -> np.ndarray:
         logits = np.asarray(loaded.run({k: batch[k] for k in input_names(batch)})["logits"])
         probs[idx] = _softmax(logits.astype(np.float64))
     return probs
+
+
+# --------------------------------------------------------------------------- images
+def image_inputs(source: str, recipe: Recipe) -> list[Record]:
+    """`{id, file}` per image, in order: a single image file (id: its name), a folder
+    (recursive, sorted; id: the path relative to it; non-image files skipped as the
+    imagefolder source does), a csv/jsonl manifest with the recipe's image column (id:
+    the row's index; paths relative to the manifest) or stdin (one path per line; id: the
+    path as given). Files are decoded later, batch by batch."""
+    from fine_tune_cli.data.image_sources import (
+        IMAGE_EXTENSIONS,
+        MANIFEST_SUFFIXES,
+        images_under,
+        manifest_rows,
+    )
+
+    if source == STDIN:
+        paths = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+        rows = [{"id": p, "file": Path(p).expanduser()} for p in paths]
+        where = "<stdin>"
+    else:
+        path = Path(source)
+        where = source
+        suffix = path.suffix.lower()
+        if path.is_dir():
+            rows = [{"id": f.relative_to(path).as_posix(), "file": f} for f in images_under(path)]
+        elif suffix in IMAGE_EXTENSIONS:
+            rows = [{"id": path.name, "file": path}]
+        elif suffix in MANIFEST_SUFFIXES:
+            spec = recipe.data.source.model_copy(
+                update={"path": source, "format": "image_manifest", "label": None, "group": None}
+            )
+            try:
+                listed = manifest_rows(spec, need_label=False)
+            except DataError as exc:  # the column comes with the model: no key to set here
+                hint = " (the model's recipe names this column of image paths)"
+                raise DataError(exc.message.replace("; set data.source.image", hint)) from None
+            rows = [{"id": i, "file": row["file"]} for i, row in enumerate(listed)]
+        else:
+            raise DataError(
+                f"{source}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}), a folder of"
+                " images or a csv/jsonl manifest of image paths"
+            )
+    if not rows:
+        raise DataError(f"{where}: no images")
+    return rows
+
+
+def _inference_steps(recipe: Recipe) -> list[tuple[Any, Any]]:
+    """data.steps as they apply to one new image: the deterministic steps as they are; a
+    random_crop becomes a center crop of the same size, hflip and rotate are skipped
+    (data.augment, train-only, never applies)."""
+    from fine_tune_cli.data.image_steps import CropParams
+    from fine_tune_cli.data.steps import STEPS
+
+    steps = []
+    for spec in recipe.data.steps:
+        if spec.name == "random_crop":
+            steps.append((STEPS.get("center_crop"), CropParams(size=spec.parsed_params().size)))
+        elif spec.name not in ("hflip", "rotate", "normalize"):
+            steps.append((STEPS.get(spec.name), spec.parsed_params()))
+    return steps
+
+
+def image_geometry(root: Path) -> dict[str, Any]:
+    """Side, channels and normalisation of the model's inputs, from the image processor
+    saved with it (preprocessor_config.json: written by prepare, carried by best/ and
+    every export), in the form the prepared data's manifest gives them to ImageBatches."""
+    try:
+        config = json.loads((root / "preprocessor_config.json").read_text())
+        size = config["size"]
+        side = int(size["height"] if isinstance(size, dict) else size)
+        mean, std = list(config["image_mean"]), list(config["image_std"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RecipeError(
+            f"{root}: cannot read preprocessor_config.json ({exc}); re-export the model"
+        ) from None
+    if not config.get("do_normalize", True):
+        mean, std = [0.0] * len(mean), [1.0] * len(std)
+    return {"size": side, "channels": len(mean), "mean": mean, "std": std}
+
+
+def predict_image_probs(loaded: Any, rows: list[Record]) -> np.ndarray:
+    """Class probabilities, one row per image: decode, the recipe's steps, the prepared
+    data's size fitting (fit_image) and the eval-time scaling (ImageBatches)."""
+    from fine_tune_cli.data.image_sources import decode_file
+    from fine_tune_cli.data.images import fit_image
+    from fine_tune_cli.data.steps import StepContext
+    from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.engine.image_tasks import ImageBatches
+
+    recipe = loaded.recipe
+    info = image_geometry(loaded.root)
+    view = SimpleNamespace(manifest={"images": info})
+    batches = ImageBatches(recipe, view)  # epoch None: never augments
+    steps = _inference_steps(recipe)
+    ctx = StepContext(seed=recipe.data.split.seed)
+    size, channels = info["size"], info["channels"]
+    to_grey: list[str] = []
+    probs = np.empty((len(rows), len(loaded.labels)), dtype=np.float64)
+    for start in range(0, len(rows), BATCH_SIZE):
+        chunk = rows[start : start + BATCH_SIZE]
+        records: list[Record] = []
+        for row in chunk:
+            image, reason = decode_file(row["file"])
+            if image is None:
+                raise DataError(f"{row['file']}: corrupt or unreadable image ({reason})")
+            records.append({"id": row["id"], "image": image})
+        for step, params in steps:
+            records = step.fn(records, params, ctx)
+        pixels = np.zeros((len(records), channels, size, size), dtype=np.uint8)
+        for j, (row, record) in enumerate(zip(chunk, records, strict=True)):
+            image = record["image"]
+            if channels == 1 and image.shape[2] == 3:
+                to_grey.append(str(row["file"]))
+                image = _luma(image)
+            pixels[j] = fit_image(image, size, channels).transpose(2, 0, 1)
+        split = PreparedSplit(
+            name="predict",
+            input_ids=np.zeros(0, dtype=np.int32),
+            offsets=np.zeros(len(records) + 1, dtype=np.int64),
+            labels=None,
+            extra={"pixels": pixels},
+        )
+        index = np.arange(len(records))
+        logits = loaded.run({"pixel_values": batches.pixel_values(split, index)})["logits"]
+        probs[start : start + len(chunk)] = _softmax(np.asarray(logits, dtype=np.float64))
+    if to_grey:
+        log.warning(
+            "%d RGB image(s) converted to grey for a model trained on grey images (e.g. %s)",
+            len(to_grey),
+            to_grey[0],
+        )
+    return probs
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """RGB -> grey as the convert_channels step does (PIL's ITU-R 601 luma)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).convert("L"), dtype=np.uint8)[:, :, None]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

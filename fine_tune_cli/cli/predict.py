@@ -13,13 +13,18 @@ def predict(
     model_dir: str = typer.Argument(
         ..., metavar="MODEL_DIR", help="Export dir (any format), best/ or a run dir."
     ),
-    source: str = typer.Argument(..., metavar="INPUT|-", help="csv/jsonl/txt file, or - (stdin)."),
+    source: str = typer.Argument(
+        ...,
+        metavar="INPUT|-",
+        help="Texts: csv/jsonl/txt file. Images: image file, folder or csv/jsonl manifest."
+        " - reads stdin (texts; image paths one per line).",
+    ),
     out: str = typer.Option(
         "predictions.jsonl", "--out", help="Predictions file (jsonl); - writes to stdout."
     ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Predict labels for new texts with an exported or trained model."""
+    """Predict labels for new texts or images with an exported or trained model."""
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.predict import run_predict

@@ -67,7 +67,7 @@ def read_images(spec: SourceSpec, *, need_label: bool) -> list[Record]:
     elif fmt == "npz":
         records = _read_npz(spec, need_label)
     else:
-        files = _folder_files(spec) if fmt == "imagefolder" else _manifest_rows(spec, need_label)
+        files = _folder_files(spec) if fmt == "imagefolder" else manifest_rows(spec, need_label)
         records = _decode_all(spec, files)
     if not records:
         raise DataError(f"{spec.path}: no images")
@@ -96,7 +96,7 @@ def source_fingerprint(spec: SourceSpec) -> str:
         return digest.hexdigest()
     if fmt == "image_manifest":
         digest.update(_sha256(path).encode())
-        rows = _manifest_rows(spec, need_label=False)
+        rows = manifest_rows(spec, need_label=False)
     else:
         rows = _folder_files(spec)
     for row in rows:
@@ -136,6 +136,16 @@ def decode_image(data: bytes | Path) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
+def decode_file(file: Path) -> tuple[np.ndarray | None, str]:
+    """(image, "") or (None, why it cannot be read): a missing, truncated or corrupt file."""
+    try:
+        return decode_image(file), ""
+    except FileNotFoundError:
+        return None, "file not found"
+    except Exception as exc:  # decoders raise many types (OSError, SyntaxError, ...)
+        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _decode_all(spec: SourceSpec, rows: list[dict[str, Any]]) -> list[Record]:
     records: list[Record] = []
     bad: list[str] = []
@@ -143,13 +153,8 @@ def _decode_all(spec: SourceSpec, rows: list[dict[str, Any]]) -> list[Record]:
         if spec.limit is not None and len(records) >= spec.limit:
             break
         file: Path = row["file"]
-        try:
-            image = decode_image(file)
-        except FileNotFoundError:
-            reason = "file not found"
-        except Exception as exc:  # decoders raise many types (OSError, SyntaxError, ...)
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        else:
+        image, reason = decode_file(file)
+        if image is not None:
             records.append(
                 {
                     "id": len(records),
@@ -177,7 +182,7 @@ def _decode_all(spec: SourceSpec, rows: list[dict[str, Any]]) -> list[Record]:
 
 
 # --------------------------------------------------------------------------- folder
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
@@ -223,10 +228,10 @@ def _class_folder_files(folder: Path, root: Path, split: str | None) -> list[dic
                 loose[0].name,
             )
         for class_dir in classes:
-            for file in _images_under(class_dir):
+            for file in images_under(class_dir):
                 rows.append(_row(file, root, class_dir.name, split))
     else:
-        rows = [_row(file, root, None, split) for file in _images_under(folder)]
+        rows = [_row(file, root, None, split) for file in images_under(folder)]
     if not rows:
         raise DataError(
             f"{folder}: no images found (expected {folder}/<class_name>/*.png|jpg;"
@@ -248,7 +253,7 @@ def _row(file: Path, root: Path, label: str | None, split: str | None) -> dict[s
 
 
 # --------------------------------------------------------------------------- manifest
-def _manifest_rows(spec: SourceSpec, need_label: bool) -> list[dict[str, Any]]:
+def manifest_rows(spec: SourceSpec, need_label: bool) -> list[dict[str, Any]]:
     """`path,label` rows of a csv/jsonl manifest; relative paths resolve against its folder."""
     path = _existing(spec)
     if path.is_dir():

@@ -22,7 +22,7 @@ class LoadedModel:
     format: str
     recipe: Recipe
     labels: list[str]
-    tokenizer: Any
+    tokenizer: Any  # None for image models: they carry preprocessor_config.json instead
     run: RunFn
     manifest: dict[str, Any]
 
@@ -43,6 +43,7 @@ def resolve_model_dir(path: Path) -> Path:
 def load_exported(path: Path) -> LoadedModel:
     from fine_tune_cli.data.tokenizers import load_tokenizer
     from fine_tune_cli.export.formats import EXPORTERS
+    from fine_tune_cli.models.registry import FAMILIES
 
     root = resolve_model_dir(path)
     manifest = verify_manifest(root)  # before anything is read from the files
@@ -54,12 +55,13 @@ def load_exported(path: Path) -> LoadedModel:
     if fmt not in EXPORTERS:
         raise RecipeError(f"{root}: {EXPORTERS.unknown_message(fmt)}")
     artefact = manifest.get("artefact") or {"file": "model.safetensors"}
+    images = FAMILIES.get(recipe.model.family).tokenizer_kind is None
     return LoadedModel(
         root=root,
         format=fmt,
         recipe=recipe,
         labels=list(manifest.get("labels") or _config_labels(root)),
-        tokenizer=load_tokenizer(root),
+        tokenizer=None if images else load_tokenizer(root),
         run=EXPORTERS.get(fmt).load(root, artefact, recipe),
         manifest=manifest,
     )
