@@ -319,9 +319,11 @@ class EarlyStoppingSpec(Strict):
 
 
 class DistributedSpec(Strict):
-    strategy: Literal["ddp"] = Field(
+    strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
-        description="Multi-process training under torchrun or --nproc: ddp (data parallel).",
+        description="Multi-process training under torchrun or --nproc: ddp (each process"
+        " holds the whole model) or fsdp (weights, gradients and optimizer state sharded"
+        " across processes, for models that do not fit one device).",
     )
     timeout_s: int = Field(600, gt=0, description="Collective timeout before a rank is failed.")
 

@@ -56,13 +56,20 @@ def resolve_resume(path: Path) -> Path:
 
 
 def save_model_dir(
-    target: Path, model: torch.nn.Module, tokenizer: Any | None, **meta: Any
+    target: Path,
+    model: torch.nn.Module,
+    tokenizer: Any | None,
+    weights: dict[str, torch.Tensor] | None = None,
+    **meta: Any,
 ) -> None:
-    """Write an HF model dir (+ tokenizer + manifest) atomically, replacing `target`."""
+    """Write an HF model dir (+ tokenizer + manifest) atomically, replacing `target`.
+
+    `weights`: the full state dict when the model itself is sharded (FSDP).
+    """
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+        unwrap(model).save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         write_manifest(tmp, **meta)
@@ -84,6 +91,7 @@ def save_checkpoint(
     state: dict[str, Any],
     recipe_yaml: str,
     keep_last: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     root = run_dir / "checkpoints"
     final = root / step_name(step)
@@ -94,7 +102,7 @@ def save_checkpoint(
         # no one else is writing here, and those weights would otherwise stay forever.
         for stale in root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+        unwrap(model).save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
             os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
         torch.save(state, tmp / STATE)

@@ -117,7 +117,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     recipe = loaded.recipe
     dist = Dist(recipe.train.distributed.strategy, recipe.train.distributed.timeout_s)
     device = pick_device(recipe.train.device)
-    precision = Precision(recipe.train.precision, device)
+    precision = Precision(recipe.train.precision, device, sharded=dist.sharded)
     dist.init(device)
     run = RunDir(recipe.run_dir())
     started = time.time()
@@ -202,7 +202,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
         schedule = Schedule(optimizer, recipe.schedule, steps)
         state = TrainerState()
         if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
+            dist.load_optimizer_state(model, optimizer, saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
             precision.load_state_dict(saved["scaler"])
             set_rng_state(saved["rng"])
@@ -220,10 +220,15 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
         recipe_yaml = dump_recipe(recipe)
 
         def save_best(step: int, metrics: dict[str, float]) -> None:
+            """Called on every rank: under FSDP gathering the weights is a collective."""
+            weights = dist.full_model_state(model)
+            if not dist.is_main:
+                return
             ckpt.save_model_dir(
                 run.best,
                 model,
                 prepared.processor,  # tokenizer, or image processor for image data
+                weights,
                 step=step,
                 metrics=metrics,
                 data_hash=prepared.hash,
@@ -251,7 +256,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             )
         finally:
             progress.close()
-        if dist.is_main and result.state.best_step is None:
+        if result.state.best_step is None:
             save_best(result.state.step, {})  # no validation split: the last model is best
         summary = {
             "steps": result.state.step,

@@ -32,7 +32,7 @@ def pick_device(name: str) -> torch.device:
 class Precision:
     """autocast + GradScaler behind one small interface so the loop stays plain."""
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, sharded: bool = False):
         self.name = name
         self.device = device
         if name == "fp16" and device.type != "cuda":
@@ -47,7 +47,15 @@ class Precision:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+        self.scaler = None
+        if name == "fp16" and sharded:
+            # FSDP: each rank sees only its shard of the gradients, so the inf/NaN check
+            # must be agreed across ranks (or some would step and others skip).
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler("cuda")
+        elif name == "fp16":
+            self.scaler = torch.amp.GradScaler("cuda")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

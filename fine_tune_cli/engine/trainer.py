@@ -127,9 +127,14 @@ def fit(
             )
         return metrics
 
-    def checkpoint() -> Path:
+    def checkpoint() -> Path | None:
+        # Under FSDP both gathers are collectives: every rank calls this, rank 0 writes.
+        weights = dist.full_model_state(model)
+        optimizer_state = dist.optimizer_state(model, optimizer)
+        if not dist.is_main:
+            return None
         payload = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "schedule": schedule.state_dict(),
             "scaler": precision.state_dict(),
             "rng": rng_state(),
@@ -137,7 +142,7 @@ def fit(
             **extra_state,
         }
         return ckpt.save_checkpoint(
-            run.path, state.step, model, payload, recipe_yaml, spec.keep_last
+            run.path, state.step, model, payload, recipe_yaml, spec.keep_last, weights
         )
 
     model.train()
@@ -184,9 +189,7 @@ def fit(
                     grad_norm = float("nan")
                 else:
                     precision.unscale(optimizer)
-                    grad_norm = float(
-                        torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm or float("inf"))
-                    )
+                    grad_norm = dist.clip_grad_norm(params, spec.clip_grad_norm or float("inf"))
                     precision.step(optimizer)
                     optimizer.zero_grad(set_to_none=True)
                     schedule.step()
@@ -243,8 +246,7 @@ def fit(
                     log.info("step %d eval: %s%s", state.step, shown, " (best)" if better else "")
                     if better:
                         state.best_value, state.best_step, state.bad_evals = value, state.step, 0
-                        if dist.is_main:
-                            save_best(state.step, metrics)
+                        save_best(state.step, metrics)  # every rank (FSDP gathers), rank 0 writes
                     else:
                         state.bad_evals += 1
                         patience = spec.early_stopping.patience
@@ -255,8 +257,7 @@ def fit(
                     spec.save_every is None and evaluated
                 )
                 if due_save or final or state.stopped_early or stop.signum:
-                    if dist.is_main:
-                        last_ckpt = checkpoint()
+                    last_ckpt = checkpoint() or last_ckpt
                     dist.barrier()
                 if stop.signum:
                     raise Interrupted(
