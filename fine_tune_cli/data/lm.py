@@ -137,7 +137,14 @@ def nsp_pairs(
     records: list[Record], negative_ratio: float, seed: int
 ) -> tuple[list[str], list[str], list[int]]:
     """(A, B, label) pairs of consecutive segments within each document (label 0, "is
-    next") or, with probability `negative_ratio`, B from another document (label 1)."""
+    next") or, with probability `negative_ratio`, B from another document (label 1).
+
+    A random B is drawn uniformly over all segments of the other documents, not by first
+    picking a document: with documents of unequal length (books of 21 and 2,461 verses)
+    a per-document draw makes every segment of a short document a negative B many times
+    over, so B alone gives the label away (71% on KJV's train books) and the NSP head
+    learns which segments are "random" instead of whether B follows A, a cue that does
+    not carry over to held-out documents."""
     by_group: dict[object, list[str]] = {}
     for r in records:  # file order within each document
         by_group.setdefault(r.get("group"), []).append(r["text"])
@@ -147,19 +154,22 @@ def nsp_pairs(
             "data.source.group: mlm_nsp needs at least two documents (groups) per split;"
             f" found {len(docs)}"
         )
+    segments = [seg for doc in docs for seg in doc]
     rng = random.Random(seed)
     first, second, labels = [], [], []
-    for d, doc in enumerate(docs):
+    start = 0  # index of this document's first segment in `segments`
+    for doc in docs:
         for i in range(len(doc) - 1):
             first.append(doc[i])
             if rng.random() < negative_ratio:
-                other = rng.randrange(len(docs) - 1)
-                other += other >= d  # any document but this one
-                second.append(rng.choice(docs[other]))
+                other = rng.randrange(len(segments) - len(doc))
+                other += len(doc) if other >= start else 0  # skip this document's segments
+                second.append(segments[other])
                 labels.append(1)
             else:
                 second.append(doc[i + 1])
                 labels.append(0)
+        start += len(doc)
     return first, second, labels
 
 

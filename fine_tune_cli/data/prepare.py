@@ -37,6 +37,11 @@ log = logging.getLogger("ftc")
 
 SPLITS = ("train", "validation", "test")
 
+# Encoders whose output changed for the same inputs, with a revision that enters the data
+# hash of their recipes only (so other prepared dirs stay valid, stale ones are not reused).
+# mlm_nsp 2: random B segments drawn uniformly over segments, not per document.
+ENCODER_REVISIONS = {"mlm_nsp": 2}
+
 
 def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the prepared data: source content, pipeline, split,
@@ -54,7 +59,7 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     data.pop("cache_dir")
     data["source"].pop("path")
     kind, tok_dir = tokenizer_source(recipe)
-    return {
+    inputs = {
         "format": FORMAT_VERSION,
         "source_sha256": sha256_file(source),
         "data": data,
@@ -63,6 +68,9 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
         "tokenizer": kind,
         "tokenizer_files": fingerprint_dir(tok_dir) if tok_dir else None,
     }
+    if encoder_name(recipe) in ENCODER_REVISIONS:
+        inputs["encoder_revision"] = ENCODER_REVISIONS[encoder_name(recipe)]
+    return inputs
 
 
 def prepared_path(recipe: Recipe, digest: str) -> Path:

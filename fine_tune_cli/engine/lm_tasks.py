@@ -110,7 +110,12 @@ class MaskedLMTask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits, nsp_logits = self.outputs(model, batch)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1))
+        # Sum over masked tokens / their count (at least 1): a short batch (an epoch's last
+        # one can hold a single pair) may have no token selected, and a plain mean over
+        # zero targets is NaN, which would abort the run as diverged.
+        loss = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]), batch["labels"].view(-1), reduction="sum"
+        ) / self.units(batch)
         if nsp_logits is not None:
             loss = loss + F.cross_entropy(nsp_logits, batch["next_sentence_label"])
         return loss
