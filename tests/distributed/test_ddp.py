@@ -4,40 +4,17 @@ OMP_NUM_THREADS=1 (two torch processes with default threads on 2 cores crawl).""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.distributed.conftest import DIST_BASE, run_ftc
+
 pytestmark = pytest.mark.distributed
 
-BASE = [
-    "model.size=tiny",
-    "model.dropout=0",
-    "data.tokenizer.vocab_size=600",
-    "data.source.limit=300",
-    "data.max_length=64",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "optim.name=sgd",
-    "optim.lr=0.5",
-    "optim.momentum=0.9",
-]
-
-
-def run_ftc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "fine_tune_cli", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+BASE = DIST_BASE
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -12,49 +12,27 @@ a missed gradient sync or a mis-scaled loss.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.distributed.conftest import DIST_BASE, run_ftc
 from tests.lm.conftest import write_paragraph_corpus, write_recipe
 
 pytestmark = pytest.mark.distributed
 
 ATOL = 1e-5
 BASE = [
-    "model.size=tiny",
-    "model.dropout=0",
-    "data.tokenizer.vocab_size=600",
-    "data.source.limit=300",
-    "data.max_length=64",
-    "train.max_steps=6",
-    "train.eval_every=3",
+    *DIST_BASE,
     "train.save_every=2",
     "train.keep_last=3",
     "log.every=1",
-    "optim.name=sgd",
-    "optim.lr=0.5",
-    "optim.momentum=0.9",
     "train.clip_grad_norm=0.5",  # active at some steps: the norm spans both ranks' shards
 ]
 FSDP = ["train.distributed.strategy=fsdp", "--nproc", "2"]
-
-
-def run_ftc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "fine_tune_cli", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def train_rows(run: Path) -> dict[int, dict]:
