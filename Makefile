@@ -28,7 +28,7 @@ test: install
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
 
-# ~2,150 in-process CLI cases with fresh randomness (make test runs a fixed ~215)
+# ~2,400 in-process CLI cases with fresh randomness (make test runs a fixed ~240)
 fuzz: install
 	FTC_FUZZ_SCALE=10 $(VENV)/bin/pytest -q tests/fuzz --hypothesis-show-statistics
 

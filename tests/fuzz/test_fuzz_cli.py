@@ -2,7 +2,7 @@
 `ftc` answers with a documented exit code, never an internal error (exit 1) or a
 traceback, and with `--json` prints exactly one JSON object whose exit code matches.
 
-`make test` runs ~200 cases (derandomized, so CI is repeatable); `make fuzz` runs ten times
+`make test` runs ~240 cases (derandomized, so CI is repeatable); `make fuzz` runs ten times
 as many with fresh randomness (FTC_FUZZ_SCALE=10). A failure prints the shrunk input.
 """
 
@@ -456,3 +456,75 @@ def test_command_lines_on_a_real_run_never_crash(
     if result.code == 0 and not json_mode:
         return
     check(result, json_mode)
+
+
+# --------------------------------------------------------------------------- 6. images
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    base = tmp_path_factory.mktemp("fuzz-vit")
+    with cli_env(cache_dir, base):
+        result = run_cli(
+            "train", "vit-digits", "model.size=tiny", "data.source.limit=120", "train.max_steps=2"
+        )
+    assert result.code == 0, result.err
+    return base / "runs" / "vit-digits"
+
+
+image_file = st.one_of(
+    st.tuples(
+        st.just("ok"),
+        st.integers(4, 40),  # side
+        st.sampled_from(["L", "RGB", "RGBA", "P", "I;16"]),
+        st.sampled_from(["png", "jpg", "bmp"]),
+    ),
+    st.tuples(st.just("bytes"), st.binary(max_size=64), st.sampled_from(["png", "jpg"])),
+    st.tuples(st.just("cut"), st.integers(1, 60), st.just("png")),  # truncated PNG
+)
+
+
+def write_image(spec: tuple, path_stem: Path, seed: int) -> Path:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    kind = spec[0]
+    if kind == "bytes":
+        path = path_stem.with_suffix("." + spec[2])
+        path.write_bytes(spec[1])
+        return path
+    rng = np.random.default_rng(seed)
+    side, mode, ext = (spec[1], spec[2], spec[3]) if kind == "ok" else (12, "L", "png")
+    image = Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).convert(mode)
+    if ext != "png" and mode not in ("L", "RGB"):  # only PNG stores every mode
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format={"png": "PNG", "jpg": "JPEG", "bmp": "BMP"}[ext])
+    data = buffer.getvalue()
+    path = path_stem.with_suffix("." + ext)
+    path.write_bytes(data if kind == "ok" else data[: spec[1]])
+    return path
+
+
+@fuzz_settings(10)
+@given(files=st.lists(image_file, min_size=1, max_size=4))
+def test_image_predict_on_hostile_files_never_crashes(
+    files: list[tuple], tiny_vit: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for i, spec in enumerate(files):
+        write_image(spec, folder / f"img{i}", seed=i)
+    out = tmp_path / "preds.jsonl"
+    out.unlink(missing_ok=True)
+    result = run_cli("predict", tiny_vit, folder, "--out", out, "--json")
+    check(result, True, {0, 3})
+    if result.code == 0:
+        assert len(out.read_text().splitlines()) == len(files)
+    else:
+        assert not out.exists()
+    if all(spec[0] == "ok" for spec in files):
+        assert result.code == 0, result.err  # every well-formed image is predicted
