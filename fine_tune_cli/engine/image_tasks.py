@@ -15,11 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fine_tune_cli.data.batching import eval_batches
 from fine_tune_cli.data.image_steps import apply_steps
 from fine_tune_cli.data.steps import STEPS
 from fine_tune_cli.data.store import PreparedSplit
-from fine_tune_cli.engine.tasks import TASKS, ClassificationTask, EvalResult, to_device
+from fine_tune_cli.engine.tasks import (
+    TASKS,
+    ClassificationTask,
+    EvalResult,
+    batches_in_eval_mode,
+)
 from fine_tune_cli.errors import RecipeError
 
 EVAL_MASK_KEY = 1_000_003  # stands in for the epoch when drawing evaluation masks
@@ -187,11 +191,8 @@ class MaskedImageTask:
     def evaluate(
         self, model: torch.nn.Module, split: PreparedSplit, batch_size: int, device, autocast
     ) -> EvalResult:
-        was_training = model.training
-        model.eval()
         loss_sum, abs_sum, masked_values = 0.0, 0.0, 0.0
-        for idx in eval_batches(split, batch_size):
-            batch = to_device(self.collate(split, idx), device)
+        for idx, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():
                 out = model(**batch)
             pixels = batch["pixel_values"].float()
@@ -203,7 +204,6 @@ class MaskedImageTask:
             abs_sum += float((error * mask).sum())
             masked_values += float(mask.sum()) * pixels.shape[1]
             loss_sum += float(out.loss) * len(idx)
-        model.train(was_training)
         metrics = {
             "loss": loss_sum / len(split),
             "reconstruction_loss": abs_sum / max(masked_values, 1.0),

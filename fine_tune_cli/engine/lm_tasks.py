@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fine_tune_cli.data.batching import eval_batches, pad_batch
+from fine_tune_cli.data.batching import pad_batch
 from fine_tune_cli.data.store import PreparedSplit
-from fine_tune_cli.engine.tasks import TASKS, EvalResult, to_device
+from fine_tune_cli.engine.tasks import TASKS, EvalResult, batches_in_eval_mode
 from fine_tune_cli.evaluation.metrics import lm_metrics
 
 
@@ -124,11 +124,8 @@ class MaskedLMTask:
     def evaluate(
         self, model, split: PreparedSplit, batch_size: int, device, autocast
     ) -> EvalResult:
-        was_training = model.training
-        model.eval()
         loss_sum, count, correct, nsp_correct, nsp_loss, n = 0.0, 0, 0, 0, 0.0, 0
-        for idx in eval_batches(split, batch_size):
-            batch = to_device(self.collate(split, idx), device)
+        for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():
                 logits, nsp_logits = self.outputs(model, batch)
             labels = batch["labels"]
@@ -141,7 +138,6 @@ class MaskedLMTask:
                 nsp_loss += float(F.cross_entropy(nsp_logits, target, reduction="sum"))
                 nsp_correct += int((nsp_logits.argmax(-1) == target).sum())
                 n += len(target)
-        model.train(was_training)
         metrics = lm_metrics(loss_sum, count, correct, token_accuracy_name="mlm_accuracy")
         if self.nsp and n:
             metrics["nsp_accuracy"] = nsp_correct / n
@@ -190,11 +186,8 @@ class CausalLMTask:
     def evaluate(
         self, model, split: PreparedSplit, batch_size: int, device, autocast
     ) -> EvalResult:
-        was_training = model.training
-        model.eval()
         loss_sum, count = 0.0, 0
-        for idx in eval_batches(split, batch_size):
-            batch = to_device(self.collate(split, idx), device)
+        for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():
                 logits, target = self._token_losses(model, batch)
             loss_sum += float(
@@ -203,7 +196,6 @@ class CausalLMTask:
                 )
             )
             count += int((target != -100).sum())
-        model.train(was_training)
         return EvalResult(lm_metrics(loss_sum, count))
 
     @torch.no_grad()

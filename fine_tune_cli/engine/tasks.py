@@ -3,6 +3,7 @@ training loop as an argument instead of subclassing the loop."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,20 @@ import torch.nn.functional as F
 from fine_tune_cli.data.batching import eval_batches, pad_batch
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.registry import Registry
+
+
+def batches_in_eval_mode(
+    task: Any, model: torch.nn.Module, split: PreparedSplit, batch_size: int, device: Any
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(indices, batch on the device) for every eval batch of `split`, with the model in
+    eval mode meanwhile: every task's evaluate walks the split this way."""
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in eval_batches(split, batch_size):
+            yield idx, to_device(task.collate(split, idx), device)
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -63,17 +78,13 @@ class ClassificationTask:
     ) -> EvalResult:
         from fine_tune_cli.evaluation.metrics import classification_metrics
 
-        was_training = model.training
-        model.eval()
         probs, order, loss_sum = [], [], 0.0
-        for idx in eval_batches(split, batch_size):
-            batch = to_device(self.collate(split, idx), device)
+        for idx, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():
                 logits = self.logits(model, batch).float()
             loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
             order.append(idx)
-        model.train(was_training)
         index = np.concatenate(order)
         p = np.empty((len(split), len(self.label_names)), dtype=np.float64)
         p[index] = np.concatenate(probs)
