@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fine_tune_cli.data.sources import jsonl_objects
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError
 from fine_tune_cli.recipe import SourceSpec
@@ -323,16 +323,7 @@ def _csv_rows(handle: Any, spec: SourceSpec) -> Iterator[tuple[str, Any, Any, An
 
 
 def _jsonl_rows(handle: Any, spec: SourceSpec) -> Iterator[tuple[str, Any, Any, Any]]:
-    for line_no, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        where = f"{spec.path}: line {line_no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for where, obj in jsonl_objects(handle, spec.path):
         if spec.image not in obj:
             raise _missing(where, spec.image, list(obj), "image")
         if spec.group and spec.group not in obj:

@@ -206,27 +206,13 @@ def image_split_from_source(
 ) -> tuple[PreparedSplit, list[str]]:
     """`ftc eval --data PATH`: an image folder, manifest or npz through the run's pipeline,
     at the prepared data's size, channels and label ids."""
-    from fine_tune_cli.data.prepare import load_records
+    from fine_tune_cli.data.prepare import labelled_records_from
 
-    source = recipe.data.source.model_copy(
-        update={
-            "path": str(path),
-            "format": "auto"
-            if recipe.data.source.format == "digits"
-            else recipe.data.source.format,
-            "split_folders": False,
-        }
+    fmt = "auto" if recipe.data.source.format == "digits" else recipe.data.source.format
+    records, labels = labelled_records_from(
+        recipe, path, prepared.label_names, format=fmt, split_folders=False
     )
-    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"source": source})})
-    records, _ = load_records(recipe)
     info = prepared.manifest["images"]
-    index = {name: i for i, name in enumerate(prepared.label_names)}
-    unknown = sorted({r["label"] for r in records} - set(index))
-    if unknown:
-        raise DataError(
-            f"{path}: labels not seen in training: {', '.join(map(str, unknown[:5]))}"
-            f" (known: {', '.join(prepared.label_names[:10])})"
-        )
     if info["channels"] == 1 and any(r["image"].shape[2] == 3 for r in records):
         raise DataError(
             f"{path}: RGB images for a model trained on grey ones; add a convert_channels step"
@@ -238,7 +224,7 @@ def image_split_from_source(
         name=path.stem,
         input_ids=np.zeros(0, dtype=np.int32),
         offsets=np.zeros(len(records) + 1, dtype=np.int64),
-        labels=np.array([index[r["label"]] for r in records], dtype=np.int64),
+        labels=labels,
         extra={"pixels": pixels},
     )
     return split, [r["source"] for r in records]

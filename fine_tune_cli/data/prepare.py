@@ -123,6 +123,25 @@ def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
     return records, report
 
 
+def labelled_records_from(
+    recipe: Recipe, path: Path, label_names: list[str], **source: Any
+) -> tuple[list[Record], np.ndarray]:
+    """`ftc eval --data FILE`: FILE read as the recipe's source (plus `source` updates)
+    through its pipeline, with the trained model's label ids; an unseen label is a
+    DataError naming the file."""
+    spec = recipe.data.source.model_copy(update={"path": str(path), **source})
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"source": spec})})
+    records, _ = load_records(recipe)
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({r["label"] for r in records} - set(index), key=str)
+    if unknown:
+        raise DataError(
+            f"{path}: labels not seen in training: {', '.join(map(str, unknown[:5]))}"
+            f" (known: {', '.join(label_names[:10])})"
+        )
+    return records, np.array([index[r["label"]] for r in records], dtype=np.int64)
+
+
 def _report_line(report: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['step']} {r['in']}->{r['out']}" for r in report) or "no steps"
 

@@ -212,12 +212,10 @@ def _read_csv(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Recor
     return records
 
 
-def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
-    shown = spec.path
-    records: list[Record] = []
+def jsonl_objects(handle: IO[str], shown: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("<file>: line N", object) for each non-blank line; a line that is not a JSON
+    object is a DataError naming it (text sources and image manifests alike)."""
     for line_no, line in enumerate(handle, start=1):
-        if spec.limit is not None and len(records) >= spec.limit:
-            break
         if not line.strip():
             continue
         where = f"{shown}: line {line_no}"
@@ -232,6 +230,12 @@ def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Rec
             ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield where, obj
+
+
+def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
+    records: list[Record] = []
+    for where, obj in jsonl_objects(handle, spec.path):
         keys = list(obj)
         if spec.text not in obj:
             raise _missing("text", spec.text, where, keys, "key")
@@ -253,6 +257,8 @@ def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Rec
                 raise _missing("group", spec.group, where, keys, "key")
             group = _group_value(obj[spec.group], where, spec.group)
         records.append({"id": len(records), "text": text, "label": label, "group": group})
+        if len(records) == spec.limit:  # stop before reading (and judging) the next line
+            break
     return records
 
 

@@ -31,35 +31,19 @@ def parse_gates(items: list[str]) -> dict[str, float]:
 
 def _split_from_file(target: Target, prepared: Any, data_file: Path) -> Any:
     """Run a new file through the run's pipeline and tokenizer (labels must be known)."""
-    from fine_tune_cli.data.prepare import _encode, load_records
+    from fine_tune_cli.data.prepare import _encode, labelled_records_from
     from fine_tune_cli.data.store import PreparedSplit
 
     if "images" in prepared.manifest:  # an image folder, manifest or npz
         from fine_tune_cli.data.images import image_split_from_source
 
         return image_split_from_source(target.recipe, prepared, data_file)
-    recipe = target.recipe.model_copy(
-        update={
-            "data": target.recipe.data.model_copy(
-                update={
-                    "source": target.recipe.data.source.model_copy(update={"path": str(data_file)})
-                }
-            )
-        }
-    )
-    records, _ = load_records(recipe)
-    index = {name: i for i, name in enumerate(prepared.label_names)}
-    unknown = sorted({r["label"] for r in records} - set(index))
-    if unknown:
-        raise DataError(
-            f"{data_file}: labels not seen in training: {', '.join(unknown[:5])}"
-            f" (known: {', '.join(prepared.label_names[:10])})"
-        )
-    ids = _encode(prepared.tokenizer, [r["text"] for r in records], recipe.data.max_length)
+    records, labels = labelled_records_from(target.recipe, data_file, prepared.label_names)
+    max_length = target.recipe.data.max_length
+    ids = _encode(prepared.tokenizer, [r["text"] for r in records], max_length)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
-    labels = np.array([index[r["label"]] for r in records], dtype=np.int64)
     split = PreparedSplit(name=data_file.stem, input_ids=flat, offsets=offsets, labels=labels)
     return split, [r["text"] for r in records]
 
