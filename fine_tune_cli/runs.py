@@ -30,6 +30,11 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 
 
+def default_runs_dir() -> Path:
+    """Where run dirs go unless a recipe sets train.run_dir: $FTC_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get("FTC_RUNS_DIR") or "runs")
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

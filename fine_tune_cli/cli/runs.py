@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ def list_runs(
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.errors import RecipeError
+        from fine_tune_cli.runs import default_runs_dir
         from fine_tune_cli.runs import list_runs as scan
 
-        root = Path(directory or os.environ.get("FTC_RUNS_DIR") or "runs")
+        root = Path(directory) if directory else default_runs_dir()
         if not root.is_dir():
             raise RecipeError(f"{root}: no such directory (pass the folder that holds run dirs)")
         return {"outputs": {"dir": str(root)}, "runs": scan(root)}
