@@ -16,9 +16,10 @@ from fine_tune_cli.cli.common import emit_json, error_payload
 app = typer.Typer(
     name="ftc",
     help="fine_tune_cli: prepare data, train, evaluate and export transformer models from"
-    " YAML recipes. Exit codes: see `ftc --help` epilog or the README.",
+    " YAML recipes.\n\n\b\nExamples:\n  ftc train demo && ftc eval runs/demo"
+    "\n  ftc recipes copy demo my-spam.yaml && ftc train my-spam.yaml",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     epilog="Exit codes: 0 ok, 1 bug, 2 recipe/usage, 3 data, 4 diverged, 5 gate failed,"
@@ -32,6 +33,27 @@ app.command("verify")(verify.verify)
 app.command("predict")(predict.predict)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(runs.app, name="runs")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fine_tune_cli import __version__
+
+        print(f"ftc (fine_tune_cli) {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """The root command only holds options common to all commands."""
 
 
 def _value_options() -> set[str]:

@@ -15,7 +15,14 @@ import typer
 from fine_tune_cli.errors import FtcError
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout at the end.")
-OVERRIDES_ARG = typer.Argument(None, help="Recipe overrides: key.sub=value (YAML scalars).")
+OVERRIDES_ARG = typer.Argument(
+    None,
+    metavar="KEY=VALUE",
+    help="Recipe overrides: dotted keys, YAML values (optim.lr=1e-4 train.epochs=2).",
+)
+RECIPE_ARG = typer.Argument(
+    ..., metavar="RECIPE", help="Recipe file, or a built-in recipe name (ftc recipes list)."
+)
 
 
 def emit_json(payload: dict[str, Any]) -> None:

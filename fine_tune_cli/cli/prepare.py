@@ -6,16 +6,22 @@ from typing import Any
 
 import typer
 
-from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, run_command
+from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, RECIPE_ARG, run_command
 
 
 def prepare(
-    recipe: str = typer.Argument(..., help="Recipe file or built-in recipe name."),
+    recipe: str = RECIPE_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     force: bool = typer.Option(False, "--force", help="Rebuild even when cached."),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Build (or find in the cache) the prepared dataset of a recipe."""
+    """Build (or find in the cache) the prepared dataset of a recipe.
+
+    \b
+    Examples:
+      ftc prepare demo
+      ftc prepare my-recipe.yaml data.max_length=256 --force --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.data.prepare import prepare_dataset

@@ -1,4 +1,4 @@
-"""ftc recipes list | show NAME | validate RECIPE [key=value ...]"""
+"""ftc recipes list | show RECIPE | validate RECIPE [key=value ...] | copy NAME [DEST]"""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import typer
 
-from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, run_command
+from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, RECIPE_ARG, run_command
 
-app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
+app = typer.Typer(help="List, show, validate and copy recipes.", no_args_is_help=True)
 
 
 def _summary(path: Any) -> str:
@@ -30,7 +30,13 @@ def _summary(path: Any) -> str:
 
 @app.command("list")
 def list_recipes(json_mode: bool = JSON_OPTION) -> None:
-    """List the built-in recipes."""
+    """List the built-in recipes (train one by its name).
+
+    \b
+    Examples:
+      ftc recipes list
+      ftc recipes list --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.recipe import builtin_recipes
@@ -53,11 +59,17 @@ def list_recipes(json_mode: bool = JSON_OPTION) -> None:
 
 @app.command("show")
 def show(
-    name: str = typer.Argument(..., help="Recipe file or built-in name."),
+    name: str = RECIPE_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Print the fully resolved recipe (extends, overrides and defaults applied)."""
+    """Print the fully resolved recipe (extends, overrides and defaults applied).
+
+    \b
+    Examples:
+      ftc recipes show demo
+      ftc recipes show my-recipe.yaml optim.lr=1e-4
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.recipe import dump_recipe, load_recipe
@@ -74,11 +86,17 @@ def show(
 
 @app.command("validate")
 def validate(
-    recipe: str = typer.Argument(..., help="Recipe file or built-in name."),
+    recipe: str = RECIPE_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Check a recipe and its data without training (exit 2 recipe, 3 data)."""
+    """Check a recipe and its data without training (exit 2 recipe, 3 data).
+
+    \b
+    Examples:
+      ftc recipes validate my-recipe.yaml
+      ftc recipes validate demo data.max_length=256 --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.checks import check_recipe
@@ -92,3 +110,54 @@ def validate(
         print_check(p)
 
     run_command("recipes validate", json_mode, body, human)
+
+
+@app.command("copy")
+def copy(
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="Built-in recipe name (or a recipe file) to copy."
+    ),
+    dest: str | None = typer.Argument(
+        None, metavar="DEST", help="File (or existing folder) to write; default ./NAME.yaml."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DEST file."),
+    json_mode: bool = JSON_OPTION,
+) -> None:
+    """Copy a recipe into your own repo as ONE file to edit: its `extends` chain merged,
+    bundled-data paths made absolute, ${...} interpolations kept (resolved at train time).
+
+    \b
+    Examples:
+      ftc recipes copy demo my-spam.yaml && ftc train my-spam.yaml
+      ftc recipes copy bert-spam recipes/
+    """
+
+    def body() -> dict[str, Any]:
+        import os
+        from pathlib import Path
+
+        from fine_tune_cli.errors import ConflictError, OutputError
+        from fine_tune_cli.recipe import flatten_recipe
+
+        source, chain, text = flatten_recipe(name)
+        target = Path(dest) if dest else Path(f"{source.stem}.yaml")
+        if target.is_dir() or (dest and dest.endswith(("/", os.sep))):  # a folder, as cp reads it
+            target = target / f"{source.stem}.yaml"
+        if target.exists() and not overwrite:
+            raise ConflictError(f"{target}: already exists (pass --overwrite to replace it)")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write the recipe ({exc.strerror})") from None
+        return {
+            "outputs": {"recipe": str(target)},
+            "source": str(source),
+            "extends": [str(p) for p in chain[1:]],
+        }
+
+    def human(p: dict[str, Any]) -> None:
+        print(f"wrote {p['outputs']['recipe']} (from {p['source']}, extends merged)")
+        print(f"  edit it, then: ftc train {p['outputs']['recipe']}")
+
+    run_command("recipes copy", json_mode, body, human)

@@ -15,11 +15,17 @@ app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 @app.command("list")
 def list_runs(
     directory: str = typer.Argument(
-        None, help="Folder holding run dirs (default: $FTC_RUNS_DIR, else ./runs)."
+        None, metavar="DIR", help="Folder holding run dirs (default: $FTC_RUNS_DIR, else ./runs)."
     ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """List the runs under DIR: status, task, steps, best metric, resumability."""
+    """List the runs under DIR: status, task, steps, best metric, resumability.
+
+    \b
+    Examples:
+      ftc runs list
+      ftc runs list /data/runs --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.errors import RecipeError

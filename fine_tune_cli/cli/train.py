@@ -6,21 +6,38 @@ from typing import Any
 
 import typer
 
-from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, print_metrics_table, run_command
+from fine_tune_cli.cli.common import (
+    JSON_OPTION,
+    OVERRIDES_ARG,
+    RECIPE_ARG,
+    print_metrics_table,
+    run_command,
+)
 
 
 def train(
-    recipe: str = typer.Argument(..., help="Recipe file or built-in recipe name."),
+    recipe: str = RECIPE_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     resume: str | None = typer.Option(
-        None, "--resume", help="auto (newest complete checkpoint) or a run/checkpoint dir."
+        None,
+        "--resume",
+        metavar="auto|PATH",
+        help="auto (newest complete checkpoint) or a run/checkpoint dir.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything; train nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (re-launches via torchrun)."),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, metavar="N", help="Processes (re-launches via torchrun)."
+    ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Train a model (prepares the data first when its cache is missing)."""
+    """Train a model (prepares the data first when its cache is missing).
+
+    \b
+    Examples:
+      ftc train demo train.epochs=2 optim.lr=1e-4
+      ftc train my-recipe.yaml --resume auto --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.recipe import load_recipe

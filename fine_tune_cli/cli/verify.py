@@ -20,10 +20,18 @@ def _manifest_dirs(run: Path) -> list[Path]:
 
 
 def verify(
-    directory: str = typer.Argument(..., help="Export, best/, checkpoint or run dir."),
+    directory: str = typer.Argument(
+        ..., metavar="DIR", help="Export, best/, checkpoint or run dir."
+    ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Verify the sha256 of every file in a directory against its manifest."""
+    """Verify the sha256 of every file in a directory against its manifest (exit 6 if not).
+
+    \b
+    Examples:
+      ftc verify runs/demo
+      ftc verify runs/demo/export/onnx --json
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.errors import IntegrityError, RecipeError
