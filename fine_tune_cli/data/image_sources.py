@@ -124,14 +124,17 @@ def _existing(spec: SourceSpec) -> Path:
 
 # --------------------------------------------------------------------------- decoding
 def decode_image(data: bytes | Path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 1) for grey images, (H, W, 3) otherwise."""
-    from PIL import Image
+    """Decode an image file to uint8 (H, W, 1) for grey images, (H, W, 3) otherwise,
+    upright: the EXIF orientation tag is applied (phone photos are stored sideways with
+    a tag saying so). The one decoder behind prepare, `eval --data` and predict."""
+    from PIL import Image, ImageOps
 
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(source) as im:
         im.load()  # decode now: a truncated or corrupt file fails here, not in training
         grey = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-        converted = im.convert("L" if grey else "RGB")
+        upright = ImageOps.exif_transpose(im)
+        converted = upright.convert("L" if grey else "RGB")
     array = np.asarray(converted, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 

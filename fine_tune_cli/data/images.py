@@ -25,6 +25,13 @@ log = logging.getLogger("ftc")
 
 PROCESSOR_DIR = "processor"
 
+# Prepared data decoded from image files changed for the same inputs: revision 2 applies
+# EXIF orientation and carves validation out of train/ when split_folders has no
+# validation/ folder. It enters the hash of file sources only, so stale entries are not
+# reused and prepared digits/npz data keeps its hash.
+IMAGE_FILE_FORMATS = ("imagefolder", "image_manifest")
+IMAGE_FILES_REVISION = 2
+
 
 def _init_dir(recipe: Recipe) -> Path | None:
     from fine_tune_cli.models.registry import resolve_init_dir
@@ -41,12 +48,12 @@ def target_size(recipe: Recipe) -> int | None:
 def image_hash_inputs(recipe: Recipe, format_version: int) -> dict[str, Any]:
     """What determines prepared image data: the source's content (every file), the
     pipeline, split and the image size the model wants. Paths do not count."""
-    from fine_tune_cli.data.image_sources import source_fingerprint
+    from fine_tune_cli.data.image_sources import image_format, source_fingerprint
 
     data = recipe.data.model_dump(mode="json")
     data.pop("cache_dir")
     data["source"].pop("path")
-    return {
+    inputs = {
         "format": format_version,
         "source_sha256": source_fingerprint(recipe.data.source),
         "data": data,
@@ -54,6 +61,9 @@ def image_hash_inputs(recipe: Recipe, format_version: int) -> dict[str, Any]:
         "task": recipe.model.task,
         "image_size": target_size(recipe),
     }
+    if image_format(recipe.data.source) in IMAGE_FILE_FORMATS:
+        inputs["files_revision"] = IMAGE_FILES_REVISION
+    return inputs
 
 
 def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:

@@ -265,10 +265,7 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
 
     spec = recipe.data.split
     if records and "split" in records[0]:  # the source fixes the splits (split_folders)
-        out = {name: [r for r in records if r["split"] == name] for name in SPLITS}
-        if not out["train"]:
-            raise DataError(f"{recipe.data.source.path}: no training examples (train/ folder)")
-        return out
+        return _folder_splits(recipe, records)
     n = len(records)
     index = np.arange(n)
     holdout = spec.validation + spec.test
@@ -316,6 +313,34 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
     return out
 
 
+def _folder_splits(recipe: Recipe, records: list[Record]) -> dict[str, list[Record]]:
+    """The splits an image folder's train/, validation/ (val/) and test/ folders give.
+    Without a validation folder (the usual train/ + test/ layout of public sets),
+    validation is carved out of train/ by data.split.validation, stratified by class and
+    seeded like any split; test/ is never touched."""
+    spec = recipe.data.split
+    out = {name: [r for r in records if r["split"] == name] for name in SPLITS}
+    train = out["train"]
+    if not train:
+        raise DataError(f"{recipe.data.source.path}: no training examples (train/ folder)")
+    if out["validation"] or not spec.validation:
+        return out
+    labels = [r["label"] for r in train] if recipe.model.task == "classification" else None
+    stratify = labels if spec.stratify and labels else None
+    keep, held = _split(np.arange(len(train)), spec.validation, stratify, spec.seed)
+    out["train"] = [train[i] for i in sorted(keep)]
+    out["validation"] = [train[i] for i in sorted(held)]
+    log.info(
+        "no validation/ folder: %d of %d train/ images held out for validation"
+        " (data.split.validation=%g%s)",
+        len(out["validation"]),
+        len(train),
+        spec.validation,
+        ", stratified by class" if stratify else "",
+    )
+    return out
+
+
 def _split(index: np.ndarray, fraction: float, stratify: list | None, seed: int):
     from sklearn.model_selection import train_test_split
 
@@ -326,7 +351,7 @@ def _split(index: np.ndarray, fraction: float, stratify: list | None, seed: int)
             raise DataError(f"cannot split {len(index)} records: {exc}") from None
         # A class with a single member cannot be stratified; split without it.
         log.warning("stratified split impossible (%s); splitting without stratification", exc)
-        return train_test_split(index, test_size=fraction, random_state=seed)
+        return _split(index, fraction, None, seed)
 
 
 def _balance(recipe: Recipe, train: list[Record], labels: list[str]) -> list[Record]:

@@ -104,6 +104,26 @@ def describe_model(model: torch.nn.Module) -> str:
     return f"{type(model).__name__} with {n / 1e6:.2f}M parameters"
 
 
+def no_validation_message(recipe: Recipe) -> str:
+    """The start-of-run warning for a run without validation data: what the user loses
+    (silently, before) and how to get a validation split back."""
+    if recipe.data.source.split_folders:
+        how = "add a validation/ folder or set data.split.validation > 0 to carve one from train/"
+    elif recipe.data.split.validation == 0:
+        how = "set data.split.validation > 0"
+    else:
+        how = "too few examples for data.split.validation; use more data"
+    patience = recipe.train.early_stopping.patience
+    lost = [
+        "no evaluation during training",
+        "no best-checkpoint selection (best/ is the last step)",
+        "no early stopping" + (" (train.early_stopping.patience is ignored)" if patience else ""),
+    ]
+    if recipe.schedule.name == "plateau":
+        lost.append("the plateau schedule never lowers the LR")
+    return f"no validation split: {', '.join(lost)}; {how}"
+
+
 def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -> dict[str, Any]:
     from fine_tune_cli.console import Progress, add_log_file
     from fine_tune_cli.data.prepare import prepare_dataset
@@ -149,6 +169,9 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             "cache hit" if cached else "prepared",
             ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items()),
         )
+        valid = prepared.splits.get("validation")
+        if valid is None or not len(valid):
+            log.warning(no_validation_message(recipe))
         weights = saved = None
         if resume_from is not None:
             weights, saved = ckpt.load_checkpoint(resume_from)
