@@ -37,6 +37,10 @@ class UsageError(RecipeError):
     """The command line itself is wrong (unknown option, missing argument)."""
 
 
+class FormatError(RecipeError):
+    """A file's format_version is newer than this ftc reads (or not a version at all)."""
+
+
 class DataError(FtcError):
     """The data is missing, unreadable, empty or malformed."""
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fine_tune_cli import formats
 from fine_tune_cli.errors import IntegrityError
 
 MANIFEST = "manifest.json"
@@ -31,23 +32,31 @@ def file_hashes(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(root: Path, **extra: Any) -> dict[str, Any]:
-    manifest = {"files": file_hashes(root), **extra}
+    manifest = formats.stamp("manifest", {"files": file_hashes(root), **extra})
     tmp = root / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(tmp, root / MANIFEST)
     return manifest
 
 
-def verify_manifest(root: Path) -> dict[str, Any]:
-    """Raise IntegrityError naming the first file whose sha256 differs (or is missing)."""
+def read_manifest(root: Path) -> dict[str, Any]:
+    """root's manifest.json, migrated to the current format (a newer one: exit 2)."""
     path = root / MANIFEST
     if not path.is_file():
         raise IntegrityError(f"{root}: no {MANIFEST} to verify against")
     try:
         manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError):
+    except (OSError, ValueError):
         raise IntegrityError(f"{path}: unreadable manifest") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise IntegrityError(f"{path}: unreadable manifest")
+    return formats.upgrade("manifest", manifest, path)
+
+
+def verify_manifest(root: Path) -> dict[str, Any]:
+    """Raise IntegrityError naming the first file whose sha256 differs (or is missing)."""
+    manifest = read_manifest(root)
+    files = manifest["files"]
     for rel, entry in files.items():
         target = root / rel
         if not target.is_file():

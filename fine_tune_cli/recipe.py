@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from fine_tune_cli import formats
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.registry import did_you_mean
 
@@ -767,6 +768,9 @@ def _load_tree(path: Path, origins: dict[str, str], chain: tuple[Path, ...]) -> 
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise RecipeError(f"{path}: extends cycle: {cycle}")
     tree = _read_yaml(path)
+    if formats.KEY in tree:  # a recipe.lock.yaml used as a recipe (runs.recipe_lock_text)
+        tree = formats.upgrade("recipe_lock", tree, path)
+        del tree[formats.KEY]
     problems: list[str] = []
     tree = _interpolate(tree, "", problems)
     if problems:

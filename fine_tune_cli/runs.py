@@ -17,9 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fine_tune_cli.errors import ConflictError, OutputError
+from fine_tune_cli import formats
+from fine_tune_cli.errors import ConflictError, OutputError, RecipeError
+
+if TYPE_CHECKING:
+    from fine_tune_cli.recipe import Recipe
 
 LOCK = ".lock"
 PROVENANCE = "provenance.json"
@@ -55,6 +59,31 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def recipe_lock_text(recipe: Recipe) -> str:
+    """recipe.lock.yaml: the resolved recipe under a format_version line. The recipe
+    loader knows that key (and strips it), so the lock stays a recipe `ftc train` takes."""
+    from fine_tune_cli.recipe import dump_recipe
+
+    return f"{formats.KEY}: {formats.CURRENT['recipe_lock']}\n{dump_recipe(recipe)}"
+
+
+def read_recipe_lock(path: Path) -> Recipe:
+    """A recipe.lock.yaml of any version up to the current one, as a validated recipe."""
+    import yaml
+
+    from fine_tune_cli.recipe import validate_tree
+
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: unreadable recipe lock ({exc})") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: not a recipe lock (expected a YAML mapping)")
+    tree = formats.upgrade("recipe_lock", tree, path)
+    del tree[formats.KEY]
+    return validate_tree(tree, default_origin=str(path))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fine_tune_cli.errors import RecipeError
+from fine_tune_cli.errors import IntegrityError, RecipeError
 from fine_tune_cli.recipe import Recipe, validate_tree
-from fine_tune_cli.runs import RECIPE_LOCK, RunDir
+from fine_tune_cli.runs import RECIPE_LOCK, RunDir, read_recipe_lock
 
 
 @dataclass
@@ -32,10 +29,10 @@ def resolve_target(path: str | Path) -> Target:
         model_dir = run.best if (run.best / "config.json").is_file() else latest_checkpoint(path)
         if model_dir is None:
             raise RecipeError(f"{path}: run dir holds no model yet (no best/ or checkpoint)")
-        return Target(run, model_dir, _recipe_from(path / RECIPE_LOCK))
+        return Target(run, model_dir, read_recipe_lock(path / RECIPE_LOCK))
     if (path / "config.json").is_file():
         if (path / RECIPE_LOCK).is_file():  # a checkpoint dir
-            return Target(RunDir(path.parent.parent), path, _recipe_from(path / RECIPE_LOCK))
+            return Target(RunDir(path.parent.parent), path, read_recipe_lock(path / RECIPE_LOCK))
         manifest = _read_manifest(path)
         if "recipe" not in manifest:
             raise RecipeError(f"{path}: model dir has no recipe in manifest.json (not made by ftc)")
@@ -63,14 +60,13 @@ def eval_dir(target: Target, split: str) -> Path:
     return target.model_dir.with_name(target.model_dir.name + ".eval") / split
 
 
-def _recipe_from(path: Path) -> Recipe:
-    return validate_tree(yaml.safe_load(path.read_text()), default_origin=str(path))
-
-
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The model dir's manifest (migrated; a newer format is exit 2), {} when unreadable."""
+    from fine_tune_cli.manifest import read_manifest
+
     try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
+        return read_manifest(path)
+    except IntegrityError:
         return {}
 
 
@@ -94,7 +90,7 @@ def prepared_for(target: Target) -> Any:
 
     The run's own prepared dir is used when it is still there; otherwise the data is
     prepared again with the model dir's tokenizer (a retrained tokenizer may differ)."""
-    from fine_tune_cli.data.prepare import prepare_dataset
+    from fine_tune_cli.data.prepare import prepare_dataset, prepared_path
     from fine_tune_cli.data.store import COMPLETE, open_prepared
     from fine_tune_cli.data.tokenizers import TOKENIZER_FILES, fingerprint_dir
 
@@ -103,6 +99,10 @@ def prepared_for(target: Target) -> Any:
     if target.run is not None:
         recorded = target.run.provenance().get("data", {})
         path = Path(recorded.get("path", "")) if recorded.get("path") else None
+        if recorded.get("hash") and (path is None or not (path / COMPLETE).is_file()):
+            # Moved or copied elsewhere (another machine, a cache dir set differently): the
+            # store is content-addressed, so the same data is wherever the cache is now.
+            path = prepared_path(recipe, recorded["hash"])
         if path is not None and (path / COMPLETE).is_file():
             prepared = open_prepared(path, recorded.get("hash"))
             if not has_tokenizer or fingerprint_dir(path / "tokenizer") == fingerprint_dir(

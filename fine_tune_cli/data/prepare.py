@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -19,14 +18,14 @@ import numpy as np
 from fine_tune_cli.data.steps import STEPS, Record, StepContext, run_pipeline
 from fine_tune_cli.data.store import (
     COMPLETE,
-    FORMAT_VERSION,
-    MANIFEST,
+    HASH_SCHEME,
     PreparedDataset,
     cache_root,
     content_hash,
     open_prepared,
     publish,
     sha256_file,
+    write_prepared_manifest,
     write_split,
 )
 from fine_tune_cli.errors import DataError, OutputError
@@ -51,7 +50,7 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     if encoder_name(recipe) == "image":
         from fine_tune_cli.data.images import image_hash_inputs
 
-        return image_hash_inputs(recipe, FORMAT_VERSION)
+        return image_hash_inputs(recipe, HASH_SCHEME)
     source = Path(recipe.data.source.path)
     if not source.is_file():
         raise DataError(f"{source}: data file not found (set data.source.path)")
@@ -60,7 +59,7 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     data["source"].pop("path")
     kind, tok_dir = tokenizer_source(recipe)
     inputs = {
-        "format": FORMAT_VERSION,
+        "format": HASH_SCHEME,
         "source_sha256": sha256_file(source),
         "data": data,
         "family": recipe.model.family,
@@ -95,7 +94,7 @@ def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDat
         tmp.mkdir(parents=True)
         manifest = _build(recipe, digest, inputs, tmp)
         manifest["seconds"] = round(time.time() - started, 2)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        write_prepared_manifest(tmp, manifest)
         publish(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,7 +164,6 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
     encoded = ENCODERS.get(encoder_name(recipe))(recipe, splits, labels, out)
     manifest = {
         "hash": digest,
-        "format": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {"path": recipe.data.source.path, "sha256": inputs["source_sha256"]},
         "data": recipe.data.model_dump(mode="json"),

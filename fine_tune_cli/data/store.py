@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fine_tune_cli import formats
 from fine_tune_cli.errors import DataError, IntegrityError, OutputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-FORMAT_VERSION = 1
+# Enters every data hash. Never bump it for a layout change (that is
+# formats.CURRENT["prepared"]): a new value orphans every cache entry and makes resume refuse
+# every checkpoint (its data hash no longer matches).
+HASH_SCHEME = 1
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
 
@@ -157,11 +161,31 @@ def _load_split(root: Path, name: str) -> PreparedSplit:
     )
 
 
+def write_prepared_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """The manifest of a prepared dir being built, stamped with the current format."""
+    text = json.dumps(formats.stamp("prepared", manifest), indent=2, ensure_ascii=False)
+    (root / MANIFEST).write_text(text)
+
+
+def read_prepared_manifest(path: Path) -> dict[str, Any]:
+    """A prepared dir's manifest migrated to the current format (a newer one: exit 2)."""
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise DataError(
+            f"{file}: unreadable prepared-data manifest; rerun `ftc prepare --force`"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{file}: not a prepared-data manifest; rerun `ftc prepare --force`")
+    return formats.upgrade("prepared", manifest, file)
+
+
 def open_prepared(path: Path, expected_hash: str | None = None) -> PreparedDataset:
     """Open a complete prepared dir; refuse one whose hash is not the recipe's."""
     if not (path / COMPLETE).is_file():
         raise DataError(f"{path}: prepared data is incomplete; rerun `ftc prepare --force`")
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_prepared_manifest(path)
     if expected_hash and manifest.get("hash") != expected_hash:
         raise IntegrityError(
             f"{path}: prepared data was built for another recipe (hash"

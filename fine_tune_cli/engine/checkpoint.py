@@ -1,10 +1,10 @@
 """Checkpoints: self-describing step-NNNNNN/ dirs written atomically.
 
 Layout: model.safetensors + config.json (loadable by transformers), trainer_state.pt
-(optimizer, schedule, scaler, RNG and data position; loaded with weights_only=True),
-recipe.lock.yaml, manifest.json (sha256), and COMPLETE, written last. Write order:
-temp dir -> fsync -> rename -> COMPLETE, so a kill at any point never leaves a
-checkpoint that looks complete.
+(optimizer, schedule, scaler, RNG, data position and format_version; loaded with
+weights_only=True), recipe.lock.yaml, manifest.json (sha256), and COMPLETE, written last.
+Write order: temp dir -> fsync -> rename -> COMPLETE, so a kill at any point never leaves
+a checkpoint that looks complete.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fine_tune_cli import formats
 from fine_tune_cli.errors import OutputError, RecipeError
 from fine_tune_cli.manifest import fsync_tree, verify_manifest, write_manifest
 
@@ -105,7 +106,7 @@ def save_checkpoint(
         unwrap(model).save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
             os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
-        torch.save(state, tmp / STATE)
+        torch.save(formats.stamp("checkpoint", state), tmp / STATE)
         (tmp / "recipe.lock.yaml").write_text(recipe_yaml)
         write_manifest(tmp, step=step)
         fsync_tree(tmp)
@@ -129,7 +130,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     verify_manifest(path)
     weights = load_file(str(path / "model.safetensors"))
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    return weights, state
+    return weights, formats.upgrade("checkpoint", state, path / STATE)
 
 
 def restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:

@@ -11,8 +11,16 @@ import torch
 import yaml
 
 from fine_tune_cli.errors import DataError, FtcError, RecipeError
-from fine_tune_cli.recipe import LoadedRecipe, Recipe, dump_recipe, validate_tree
-from fine_tune_cli.runs import RECIPE_LOCK, RunDir, environment, now, write_json_atomic
+from fine_tune_cli.recipe import LoadedRecipe, Recipe, dump_recipe
+from fine_tune_cli.runs import (
+    RECIPE_LOCK,
+    RunDir,
+    environment,
+    now,
+    read_recipe_lock,
+    recipe_lock_text,
+    write_json_atomic,
+)
 
 log = logging.getLogger("ftc")
 
@@ -175,7 +183,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
         weights = saved = None
         if resume_from is not None:
             weights, saved = ckpt.load_checkpoint(resume_from)
-            old = validate_tree(yaml.safe_load((resume_from / RECIPE_LOCK).read_text()))
+            old = read_recipe_lock(resume_from / RECIPE_LOCK)
             changed = resume_mismatches(old, recipe, saved["world"], dist.world)
             if saved["data_hash"] != prepared.hash:
                 changed.append("data (prepared data hash differs)")
@@ -185,7 +193,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
                     + "; ".join(changed)
                 )
         if dist.is_main:
-            (run.path / RECIPE_LOCK).write_text(dump_recipe(recipe))
+            (run.path / RECIPE_LOCK).write_text(recipe_lock_text(recipe))
             handler = add_log_file(run.path / "train.log")
             provenance = {
                 "status": "running",
