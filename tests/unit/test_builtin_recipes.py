@@ -39,7 +39,7 @@ def _params() -> list:
 
 
 # Recipes that chain from another run (init_from, distill.teacher) name it under
-# ${env:FTC_RUNS_DIR:-../runs}; loading only needs the directory to exist.
+# ${runs_dir} ($FTC_RUNS_DIR, else ./runs); loading only needs the directory to exist.
 UPSTREAM_RUNS = ("bert-mlm-kjv", "gpt2-clm-kjv", "bert-spam", "vit-mim-digits")
 
 
