@@ -54,6 +54,7 @@ def isolated(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.delenv("FTC_DEBUG", raising=False)
+    monkeypatch.delenv("FTC_RUNS_DIR", raising=False)  # run dirs land in ./runs of tmp_path
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
