@@ -73,7 +73,8 @@ class ModelSpec(Strict):
     size: str = Field("tiny", description="Size preset of the family (tiny, mini, small, base).")
     init_from: str | None = Field(
         None,
-        description="Start from a local HF model dir, one of our run dirs or a checkpoint dir.",
+        description="Start from an HF model dir, one of our run dirs, a checkpoint dir, or a"
+        " Hugging Face Hub id (org/name[@revision], from the local Hub cache).",
     )
     hidden_size: int | None = Field(None, gt=0, description="Override the preset's hidden size.")
     num_layers: int | None = Field(None, gt=0, description="Override the preset's layer count.")
@@ -245,7 +246,9 @@ class TokenizerSpec(Strict):
         "auto",
         description="auto: reuse init_from's tokenizer, else train wordpiece (bert) or bpe (gpt2).",
     )
-    path: str | None = Field(None, description="Local tokenizer dir (kind: pretrained).")
+    path: str | None = Field(
+        None, description="Tokenizer dir or Hub id org/name[@revision] (kind: pretrained)."
+    )
     vocab_size: int = Field(8000, ge=100, description="Vocabulary size of a trained tokenizer.")
     min_frequency: int = Field(2, ge=1, description="Min count of a merge/word piece.")
     lowercase: bool = Field(True, description="Lowercase before WordPiece training.")
@@ -710,9 +713,24 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _is_hub_id(key: str, value: Any, base: Path) -> bool:
+    """A Hugging Face Hub id (`org/name[@rev]`) rather than a path: decided here, before
+    paths are made absolute; an existing path of the same spelling wins."""
+    from fine_tune_cli.hub import HUB_KEYS, is_hub_id
+
+    return (
+        key in HUB_KEYS
+        and isinstance(value, str)
+        and is_hub_id(value)
+        and not (base / Path(value).expanduser()).exists()
+    )
+
+
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     for key in PATH_KEYS:
         value = _get(tree, key)
+        if _is_hub_id(key, value, base):
+            continue  # kept as written: resolved from the Hub cache when used
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             _set(tree, key, str((base / value).resolve()))
         elif isinstance(value, str) and value:
@@ -887,8 +905,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def load_recipe(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
-    """Load, merge, override and validate a recipe; raise RecipeError with all problems."""
+def load_recipe(
+    ref: str | Path, overrides: list[str] | tuple[str, ...] = (), *, allow_download: bool = False
+) -> LoadedRecipe:
+    """Load, merge, override and validate a recipe; raise RecipeError with all problems.
+    `allow_download`: Hub ids missing from the cache are not an error (fetched later)."""
     path = resolve_recipe_path(str(ref))
     origins: dict[str, str] = {}
     tree = _load_tree(path, origins, ())
@@ -900,7 +921,8 @@ def load_recipe(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         value = _interpolate(value, key, problems)
         if problems:
             raise RecipeError([f"override '{text}': {p}" for p in problems])
-        if key in PATH_KEYS and isinstance(value, str) and value:
+        is_path = key in PATH_KEYS and isinstance(value, str) and value
+        if is_path and not _is_hub_id(key, value, Path.cwd()):
             value = str(Path(value).expanduser().resolve())
         _set(tree, key, value)
         origins[key] = f"override '{text}'"
@@ -908,7 +930,7 @@ def load_recipe(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             for leaf in _leaves(value, key + "."):
                 origins[leaf] = f"override '{text}'"
     recipe = validate_tree(tree, origins, default_origin=str(_display(path)))
-    _check_named_files(recipe, origins, str(_display(path)))
+    _check_named_files(recipe, origins, str(_display(path)), allow_download)
     return LoadedRecipe(recipe=recipe, source=str(path), overrides=tuple(overrides), raw=tree)
 
 
@@ -1000,16 +1022,29 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True)
 
 
-def _check_named_files(recipe: Recipe, origins: dict[str, str], default: str) -> None:
-    """Files a recipe names (other than the data) must exist: exit 2 otherwise."""
+def _check_named_files(
+    recipe: Recipe, origins: dict[str, str], default: str, allow_download: bool = False
+) -> None:
+    """Files a recipe names (other than the data) must exist, Hub ids be in the Hub cache
+    unless downloads are allowed: exit 2 otherwise."""
+    from fine_tune_cli import hub
+
     problems = []
+    hub_ids = hub.recipe_hub_ids(recipe)
+    for key, hub_id in hub_ids.items():
+        if hub.downloads_allowed(allow_download):
+            continue
+        try:
+            hub.resolve(hub_id, key)
+        except RecipeError as exc:
+            problems += [f"{_origin_of(key, origins, default)}: {p}" for p in exc.problems]
     named = {
         "model.init_from": recipe.model.init_from,
         "data.tokenizer.path": recipe.data.tokenizer.path,
         "train.distill.teacher": recipe.train.distill.teacher if recipe.train.distill else None,
     }
     for key, value in named.items():
-        if value and not Path(value).exists():
+        if value and key not in hub_ids and not Path(value).exists():
             problems.append(f"{_origin_of(key, origins, default)}: {key}: not found: {value}")
     if problems:
         raise RecipeError(problems)

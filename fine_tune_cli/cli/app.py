@@ -12,6 +12,7 @@ from typer.exceptions import TyperException
 from fine_tune_cli.cli import eval as eval_cmd
 from fine_tune_cli.cli import export, predict, prepare, recipes, runs, train, verify
 from fine_tune_cli.cli.common import emit_json, error_payload
+from fine_tune_cli.hub import downloads_allowed
 
 app = typer.Typer(
     name="ftc",
@@ -81,13 +82,16 @@ def _swallowed_option(args: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: never lets the framework print a traceback or exit non-2."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: no hub lookups
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Offline by default (no Hub lookups); the Hub is reachable only when the user opted in
+    # to downloads: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    if not downloads_allowed("--allow-download" in args):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in our logs
     from fine_tune_cli.console import setup_logging
 
     setup_logging()
-    args = list(sys.argv[1:] if argv is None else argv)
     swallowed = _swallowed_option(args)
     if swallowed:
         _usage_error(args, swallowed, "")

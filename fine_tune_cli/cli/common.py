@@ -23,6 +23,25 @@ OVERRIDES_ARG = typer.Argument(
 RECIPE_ARG = typer.Argument(
     ..., metavar="RECIPE", help="Recipe file, or a built-in recipe name (ftc recipes list)."
 )
+ALLOW_DOWNLOAD_OPTION = typer.Option(
+    False,
+    "--allow-download",
+    help="Download Hub ids (model.init_from, data.tokenizer.path) that the Hugging Face"
+    " cache lacks; same as FTC_ALLOW_DOWNLOAD=1. Off: no network.",
+)
+
+
+def load_recipe_for_run(recipe: str, overrides: list[str] | None, allow_download: bool) -> Any:
+    """The recipe of train/prepare; with downloads allowed (flag or FTC_ALLOW_DOWNLOAD),
+    its Hub ids missing from the cache are fetched first, so the rest reads the cache."""
+    from fine_tune_cli.hub import downloads_allowed, fetch
+    from fine_tune_cli.recipe import load_recipe
+
+    allowed = downloads_allowed(allow_download)
+    loaded = load_recipe(recipe, overrides or [], allow_download=allowed)
+    if allowed:
+        fetch(loaded.recipe)
+    return loaded
 
 
 def emit_json(payload: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""ftc prepare RECIPE [key=value ...] [--force] [--json]"""
+"""ftc prepare RECIPE [key=value ...] [--force] [--allow-download] [--json]"""
 
 from __future__ import annotations
 
@@ -6,13 +6,21 @@ from typing import Any
 
 import typer
 
-from fine_tune_cli.cli.common import JSON_OPTION, OVERRIDES_ARG, RECIPE_ARG, run_command
+from fine_tune_cli.cli.common import (
+    ALLOW_DOWNLOAD_OPTION,
+    JSON_OPTION,
+    OVERRIDES_ARG,
+    RECIPE_ARG,
+    load_recipe_for_run,
+    run_command,
+)
 
 
 def prepare(
     recipe: str = RECIPE_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     force: bool = typer.Option(False, "--force", help="Rebuild even when cached."),
+    allow_download: bool = ALLOW_DOWNLOAD_OPTION,
     json_mode: bool = JSON_OPTION,
 ) -> None:
     """Build (or find in the cache) the prepared dataset of a recipe.
@@ -25,9 +33,8 @@ def prepare(
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.data.prepare import prepare_dataset
-        from fine_tune_cli.recipe import load_recipe
 
-        loaded = load_recipe(recipe, overrides or [])
+        loaded = load_recipe_for_run(recipe, overrides, allow_download)
         prepared, cached = prepare_dataset(loaded.recipe, force=force)
         counts = {name: len(split) for name, split in prepared.splits.items()}
         return {

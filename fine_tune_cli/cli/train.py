@@ -1,4 +1,5 @@
-"""ftc train RECIPE [key=value ...] [--resume auto|PATH] [--dry-run] [--overwrite] [--json]"""
+"""ftc train RECIPE [key=value ...] [--resume auto|PATH] [--dry-run] [--overwrite]
+[--allow-download] [--json]"""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 import typer
 
 from fine_tune_cli.cli.common import (
+    ALLOW_DOWNLOAD_OPTION,
     JSON_OPTION,
     OVERRIDES_ARG,
     RECIPE_ARG,
+    load_recipe_for_run,
     print_metrics_table,
     run_command,
 )
@@ -29,6 +32,7 @@ def train(
     nproc: int = typer.Option(
         1, "--nproc", min=1, metavar="N", help="Processes (re-launches via torchrun)."
     ),
+    allow_download: bool = ALLOW_DOWNLOAD_OPTION,
     json_mode: bool = JSON_OPTION,
 ) -> None:
     """Train a model (prepares the data first when its cache is missing).
@@ -37,12 +41,11 @@ def train(
     Examples:
       ftc train demo train.epochs=2 optim.lr=1e-4
       ftc train my-recipe.yaml --resume auto --json
+      ftc train demo model.init_from=bert-base-uncased --allow-download
     """
 
     def body() -> dict[str, Any]:
-        from fine_tune_cli.recipe import load_recipe
-
-        loaded = load_recipe(recipe, overrides or [])
+        loaded = load_recipe_for_run(recipe, overrides, allow_download)
         if nproc > 1 and not dry_run:
             return _distributed(loaded)
         if dry_run:

@@ -46,6 +46,7 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the prepared data: source content, pipeline, split,
     tokenizer (settings or files) and the task's encoding. Paths do not count."""
     from fine_tune_cli.data.tokenizers import fingerprint_dir, tokenizer_source
+    from fine_tune_cli.hub import snapshot_revision
 
     if encoder_name(recipe) == "image":
         from fine_tune_cli.data.images import image_hash_inputs
@@ -69,6 +70,9 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     }
     if encoder_name(recipe) in ENCODER_REVISIONS:
         inputs["encoder_revision"] = ENCODER_REVISIONS[encoder_name(recipe)]
+    hub_sha = snapshot_revision(tok_dir) if tok_dir else None
+    if hub_sha:  # a Hub tokenizer: a new revision of the repo prepares again
+        inputs["tokenizer_revision"] = hub_sha
     return inputs
 
 

@@ -1,6 +1,7 @@
 """Tokenizers: train WordPiece (BERT) or byte-level BPE (GPT-2) on the train split with
-the `tokenizers` library, or load a local HF tokenizer directory. Always saved as an HF
-tokenizer dir so plain `AutoTokenizer.from_pretrained(dir)` loads it."""
+the `tokenizers` library, or load an HF tokenizer directory (local, or a Hub id's cached
+snapshot). Always saved as an HF tokenizer dir so plain `AutoTokenizer.from_pretrained(dir)`
+loads it."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def tokenizer_source(recipe: Recipe) -> tuple[str, Path | None]:
                 f" a newly trained {spec.kind} would not match its embeddings (use auto)"
             )
     if spec.kind == "pretrained":
-        path = Path(spec.path)  # type: ignore[arg-type]
+        from fine_tune_cli.hub import local_path
+
+        path = local_path(spec.path, "data.tokenizer.path")  # type: ignore[arg-type]
         if init_dir is not None and fingerprint_dir(path) != fingerprint_dir(init_dir):
             raise RecipeError(
                 f"data.tokenizer.path: {path} differs from the tokenizer of model.init_from"

@@ -64,12 +64,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) -> list[str]:
+    from fine_tune_cli.hub import same_files
+
     a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
     changed = []
     for key in sorted(set(a) | set(b)):
         if any(key == free or key.startswith(free + ".") for free in RESUME_FREE):
             continue
-        if a.get(key) != b.get(key):
+        if a.get(key) != b.get(key) and not same_files(key, a.get(key), b.get(key)):
             changed.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
     g_old = old.train.batch_size * old.train.grad_accum * old_world
     g_new = new.train.batch_size * new.train.grad_accum * new_world
@@ -140,6 +142,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
     from fine_tune_cli.engine.runtime import Precision, pick_device, seed_everything, set_rng_state
     from fine_tune_cli.engine.trainer import TrainerState, fit, total_steps
+    from fine_tune_cli.hub import provenance as hub_provenance
     from fine_tune_cli.models.registry import build_model, load_info_lines
 
     recipe = loaded.recipe
@@ -201,6 +204,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
                 "recipe_source": loaded.source,
                 "overrides": list(loaded.overrides),
                 "data": {"hash": prepared.hash, "path": str(prepared.path), "cache_hit": cached},
+                "hub": hub_provenance(recipe),  # Hub ids -> resolved commit sha + snapshot dir
                 "device": str(device),
                 "precision": recipe.train.precision,
                 "world_size": dist.world,

@@ -6,7 +6,6 @@ validate names without slowing `ftc --help`; builders import transformers lazily
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +84,11 @@ def preset_config(spec: ModelSpec) -> dict[str, int | float]:
 
 
 def resolve_init_dir(path: str | Path) -> Path:
-    """An HF model dir to load from: a model dir, one of our run dirs, or a checkpoint."""
-    path = Path(path)
+    """An HF model dir to load from: a model dir, one of our run dirs, a checkpoint, or a
+    Hugging Face Hub id (`org/name[@rev]`) resolved to its snapshot in the local cache."""
+    from fine_tune_cli.hub import local_path, remote_code_problem, weights_problem
+
+    path = local_path(str(path), "model.init_from")
     if (path / "config.json").is_file():
         found = path
     elif (path / "best" / "config.json").is_file():
@@ -101,11 +103,9 @@ def resolve_init_dir(path: str | Path) -> Path:
                 " complete checkpoints/step-*)"
             )
         found = ckpts[-1]
-    config = json.loads((found / "config.json").read_text())
-    if config.get("auto_map") or config.get("trust_remote_code"):
-        raise RecipeError(
-            f"model.init_from: {found}/config.json asks for remote code (auto_map); refused"
-        )
+    problem = remote_code_problem(found) or weights_problem(found)
+    if problem:
+        raise RecipeError(f"model.init_from: {found}: {problem}")
     return found
 
 
