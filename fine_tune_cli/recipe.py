@@ -836,7 +836,7 @@ def _raw_tree(path: Path, chain: list[Path]) -> dict[str, Any]:
     parent_ref = tree.pop("extends", None)
     for key in PATH_KEYS:
         value = _get(tree, key)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and not _is_hub_id(key, value, path.parent):
             _set(tree, key, _absolute_as_written(value, path.parent))
     if parent_ref is None:
         return tree

@@ -211,3 +211,23 @@ def test_missing_package_is_exit_2_with_the_pip_line(
     assert "ftc_no_such_package, which is not installed: pip install ftc_no_such_package" in (
         result.err
     )
+
+
+def test_recipes_copy_keeps_hub_ids_and_interpolations_as_written(ftc, isolated: Path):
+    source = isolated / "team" / "hub.yaml"
+    source.parent.mkdir()
+    source.write_text(
+        "# hub: a recipe of the team's own\n"
+        f"extends: {REPO / 'recipes' / 'demo.yaml'}\nname: hub\n"
+        "model: {init_from: sentence-transformers/all-MiniLM-L6-v2@main}\n"
+        "data:\n  tokenizer: {kind: pretrained, path: '${env:TOK:-tok}'}\n"
+        "train: {run_dir: '${runs_dir}/x'}\n"
+    )
+    assert ftc("recipes", "copy", source, "out.yaml").code == 0
+    text = (isolated / "out.yaml").read_text()
+    assert text.startswith("# hub: a recipe of the team's own\n")
+    tree = yaml.safe_load(text)
+    assert tree["model"]["init_from"] == "sentence-transformers/all-MiniLM-L6-v2@main"
+    # the env default was relative to team/: made absolute, the variable kept
+    assert tree["data"]["tokenizer"]["path"] == f"${{env:TOK:-{isolated / 'team' / 'tok'}}}"
+    assert tree["train"]["run_dir"] == "${runs_dir}/x"
