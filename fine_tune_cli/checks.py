@@ -15,10 +15,14 @@ def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
     from fine_tune_cli.data.prepare import data_hash, encoder_name, prepared_path
     from fine_tune_cli.data.sources import read_source
     from fine_tune_cli.data.store import COMPLETE
+    from fine_tune_cli.hub import provenance as hub_provenance
     from fine_tune_cli.runs import RunDir
 
     recipe = loaded.recipe
     checks: list[dict[str, Any]] = [{"check": "recipe", "ok": True, "detail": loaded.source}]
+    for key, hub in hub_provenance(recipe).items():  # what each Hub id resolves to, offline
+        detail = f"{key}: {hub['id']} -> commit {hub['sha']} ({hub['path']})"
+        checks.append({"check": "hub id", "ok": True, "detail": detail})
     digest = data_hash(recipe)  # DataError if the data file is missing
     source = recipe.data.source.model_copy(
         update={"limit": min(recipe.data.source.limit or SAMPLE_ROWS, SAMPLE_ROWS)}

@@ -145,6 +145,8 @@ def test_train_from_a_hub_id_records_the_snapshot_sha_and_resumes(ftc, cached: P
 def test_a_revision_pins_the_commit_and_an_unknown_one_is_exit_2(ftc, cached: Path):
     ok = ftc("train", "demo", f"model.init_from={MINILM}@{SHA_OLD}", *FAST, "--dry-run", "--json")
     assert ok.code == 0, ok.err
+    (hub_check,) = [c for c in ok.json()["checks"] if c["check"] == "hub id"]
+    assert f"{MINILM}@{SHA_OLD} -> commit {SHA_OLD}" in hub_check["detail"]
     bad = ftc("train", "demo", f"model.init_from={MINILM}@v9", *FAST, "--json")
     assert bad.code == 2, bad.err
     message = bad.json()["message"]
