@@ -50,7 +50,8 @@ ALLOW_PATTERNS = [
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 # NAME or ORG/NAME, optionally @REVISION (branch, tag, commit sha, refs/pr/N).
 _HUB_ID = re.compile(
-    r"(?P<repo>(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w.-]+(?:/[\w.-]+)*))?"
+    r"(?P<repo>(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w.-]+(?:/[\w.-]+)*))?",
+    re.ASCII,
 )
 _SHA = re.compile(r"[0-9a-f]{40}")
 

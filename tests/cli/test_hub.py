@@ -270,6 +270,7 @@ def test_opting_in_really_goes_to_the_hub(tmp_path: Path, flag: list[str], env: 
         ("~/model", None, None),
         ("a/b/c", None, None),
         ("org/name@", None, None),
+        ("modèle/x", None, None),
     ],
 )
 def test_what_reads_as_a_hub_id(value: str, repo_id: str | None, revision: str | None):
