@@ -1,5 +1,5 @@
-"""`ftc predict`: label new texts or images with any exported model (hf, onnx,
-torchscript, int8, pruned) or a run's best/, through the same cleaning steps and
+"""`ftc predict`: label new texts or images with any exported model (hf, onnx, pt2,
+int8, pruned) or a run's best/, through the same cleaning steps and
 tokenizer (texts) or image steps and normalisation (images) as training and eval.
 
 Every input row gets exactly one prediction, in input order. Steps that drop records at

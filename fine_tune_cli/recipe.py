@@ -434,12 +434,12 @@ class MIMSpec(Strict):
 
 class LogSpec(Strict):
     every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
-    tensorboard: bool = Field(False, description="Also write TensorBoard events if installed.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard events (needs the extra).")
 
 
 class ExportSpec(Strict):
     max_abs_diff: float = Field(
-        1e-3, ge=0, description="Parity gate (hf, onnx, torchscript): max |logit difference|."
+        1e-3, ge=0, description="Parity gate (hf, onnx, pt2): max |logit difference|."
     )
     max_metric_drop: float = Field(
         0.01, ge=0, description="Parity gate (every format): allowed drop of the task metric."

@@ -193,14 +193,15 @@ class RunDir:
                 " or --overwrite to start again"
             )
 
-    def enable_tensorboard(self) -> bool:
-        """Also write TensorBoard events under tensorboard/ (when the package is there)."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return False
+    def enable_tensorboard(self) -> None:
+        """Also write TensorBoard events under tensorboard/ (the `tensorboard` extra;
+        missing, it is exit 2 with the pip line)."""
+        from fine_tune_cli.optional import require
+
+        require("tensorboard", "log.tensorboard: true")
+        from torch.utils.tensorboard import SummaryWriter
+
         self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
-        return True
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """One metrics.jsonl line (the logger protocol: a dict of numbers at a step)."""

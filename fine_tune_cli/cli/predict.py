@@ -15,16 +15,29 @@ def predict(
     ),
     source: str = typer.Argument(
         ...,
-        metavar="INPUT|-",
+        metavar="INPUT",
         help="Texts: csv/jsonl/txt file. Images: image file, folder or csv/jsonl manifest."
         " - reads stdin (texts; image paths one per line).",
     ),
     out: str = typer.Option(
-        "predictions.jsonl", "--out", help="Predictions file (jsonl); - writes to stdout."
+        "predictions.jsonl",
+        "--out",
+        metavar="FILE|-",
+        help="Predictions file (jsonl); - writes to stdout.",
     ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Predict labels for new texts or images with an exported or trained model."""
+    """Predict labels for new texts or images with an exported or trained model.
+
+    MODEL_DIR is any `ftc export` dir (hf, onnx, pt2, int8, pruned), a run's best/ or a
+    run dir. Inputs go through the recipe's cleaning steps and tokenizer (or image steps)
+    as in training; each gets one jsonl line: id, label, score, per-class probabilities.
+
+    \b
+    Examples:
+      ftc predict runs/demo/export/onnx new_emails.jsonl --out predictions.jsonl
+      echo "win a free cruise now" | ftc predict runs/demo - --out -
+    """
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.predict import run_predict

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fine_tune_cli.errors import RecipeError
 
@@ -169,3 +169,19 @@ def train_tokenizer(
             pad_token=GPT2_EOS,
         )
     raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+def for_model_dir(processor: Any, max_length: int) -> Any:
+    """What goes beside a model for use (best/, exports): a copy of the tokenizer whose
+    `model_max_length` is the recipe's data.max_length. A tokenizer trained by `tokenizers`
+    says 1e30, so `transformers.pipeline(..., truncation=True)` would not truncate and a
+    long text would overflow the position embeddings. Image processors pass unchanged."""
+    import copy
+
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(processor, PreTrainedTokenizerBase):
+        return processor
+    tokenizer = copy.deepcopy(processor)  # the prepared data's own stays as it was
+    tokenizer.model_max_length = max_length
+    return tokenizer

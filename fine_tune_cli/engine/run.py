@@ -137,6 +137,7 @@ def no_validation_message(recipe: Recipe) -> str:
 def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -> dict[str, Any]:
     from fine_tune_cli.console import Progress, add_log_file
     from fine_tune_cli.data.prepare import prepare_dataset
+    from fine_tune_cli.data.tokenizers import for_model_dir
     from fine_tune_cli.engine import checkpoint as ckpt
     from fine_tune_cli.engine.distributed import Dist
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
@@ -144,8 +145,11 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     from fine_tune_cli.engine.trainer import TrainerState, fit, total_steps
     from fine_tune_cli.hub import provenance as hub_provenance
     from fine_tune_cli.models.registry import build_model, load_info_lines
+    from fine_tune_cli.optional import require
 
     recipe = loaded.recipe
+    if recipe.log.tensorboard:  # a missing extra is exit 2 before any slow work starts
+        require("tensorboard", "log.tensorboard: true")
     dist = Dist(recipe.train.distributed.strategy, recipe.train.distributed.timeout_s)
     device = pick_device(recipe.train.device)
     precision = Precision(recipe.train.precision, device, sharded=dist.sharded)
@@ -213,8 +217,8 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             }
             write_json_atomic(run.provenance_file, provenance)
             owns_provenance = True
-            if recipe.log.tensorboard and not run.enable_tensorboard():
-                log.warning("log.tensorboard: the tensorboard package is not installed; skipped")
+            if recipe.log.tensorboard:
+                run.enable_tensorboard()
 
         seed_everything(recipe.train.seed)
         ctx = model_context(recipe, prepared)
@@ -253,6 +257,8 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             teacher = load_teacher(recipe, prepared, device)
             task = DistillationTask(task, teacher, spec.temperature, spec.alpha)
         recipe_yaml = dump_recipe(recipe)
+        # tokenizer (model_max_length = data.max_length, for pipelines), or image processor
+        processor = for_model_dir(prepared.processor, recipe.data.max_length)
 
         def save_best(step: int, metrics: dict[str, float]) -> None:
             """Called on every rank: under FSDP gathering the weights is a collective."""
@@ -262,7 +268,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             ckpt.save_model_dir(
                 run.best,
                 model,
-                prepared.processor,  # tokenizer, or image processor for image data
+                processor,
                 weights,
                 step=step,
                 metrics=metrics,

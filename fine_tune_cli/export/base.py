@@ -53,6 +53,7 @@ class Exporter:
     gate: Gate
     doc: str
     options: tuple[str, ...] = ()  # export.* keys it reads besides its gate's and the common
+    requires: tuple[str, ...] = ()  # optional modules (fine_tune_cli/optional.py) it needs
 
 
 EXPORTERS: Registry[Exporter] = Registry("export format")
@@ -126,6 +127,19 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+def save_client_files(ctx: ExportContext, out: Path) -> None:
+    """config.json (with the real id2label/label2id) and the tokenizer or image processor
+    beside an artefact that is not an HF model dir: optimum's layout, so a client opens
+    the dir with AutoConfig + AutoTokenizer (or AutoImageProcessor) and the runtime alone,
+    without this package or our manifest."""
+    import copy
+
+    config = copy.deepcopy(ctx.model.config)
+    config.architectures = [type(ctx.model).__name__]
+    config.save_pretrained(str(out))
+    ctx.tokenizer.save_pretrained(str(out))
 
 
 def dir_bytes(root: Path) -> int:

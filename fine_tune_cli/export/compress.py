@@ -18,9 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from fine_tune_cli.export.base import EXPORTERS, ExportContext, Exporter, RunFn, dir_bytes, quiet
+from fine_tune_cli.export.base import (
+    EXPORTERS,
+    ExportContext,
+    Exporter,
+    RunFn,
+    dir_bytes,
+    quiet,
+    save_client_files,
+)
 from fine_tune_cli.export.hf import load_hf
-from fine_tune_cli.export.onnx import MODEL_FILE, export_onnx, onnx_runner
+from fine_tune_cli.export.onnx import MODEL_FILE, REQUIRES, export_onnx, onnx_runner
+from fine_tune_cli.optional import require
 
 SPARSITY_REPORT = "sparsity.json"
 HEAD_NAMES = {"classifier", "score"}  # task heads stay dense (few weights, all decisive)
@@ -29,22 +38,23 @@ HEAD_NAMES = {"classifier", "score"}  # task heads stay dense (few weights, all 
 # --------------------------------------------------------------------------- int8
 def write_int8(ctx: ExportContext, out: Path) -> dict[str, Any]:
     """fp32 ONNX export (in a scratch dir), then int8 weights: MatMul/Gemm/Gather
-    (embeddings) get per-channel int8 weights; activations are quantized at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    (embeddings) get per-channel int8 weights; activations are quantized at run time.
+    The dir has the ONNX layout (config.json + tokenizer/processor beside model.onnx)."""
+    quantization = require("onnxruntime.quantization", "--format int8")
 
     with tempfile.TemporaryDirectory(prefix="ftc-int8-") as scratch:
         fp32 = Path(scratch) / MODEL_FILE
         info = export_onnx(ctx.model, ctx.example, ctx.outputs, fp32, ctx.spec.opset)
         fp32_bytes = dir_bytes(Path(scratch))
         with quiet():
-            quantize_dynamic(
+            quantization.quantize_dynamic(
                 fp32,
                 out / MODEL_FILE,
-                weight_type=QuantType.QInt8,
+                weight_type=quantization.QuantType.QInt8,
                 per_channel=True,
                 use_external_data_format=fp32_bytes > 1_500_000_000,
             )
-    ctx.tokenizer.save_pretrained(str(out))
+    save_client_files(ctx, out)
     int8_bytes = sum(p.stat().st_size for p in out.glob(MODEL_FILE + "*"))
     return info | {
         "quantization": "onnxruntime.quantization.quantize_dynamic",
@@ -204,7 +214,14 @@ def write_pruned(ctx: ExportContext, out: Path) -> dict[str, Any]:
 
 EXPORTERS.add(
     "int8",
-    Exporter(write_int8, load_int8, "int8", "ONNX with dynamic int8 weights", ("opset",)),
+    Exporter(
+        write_int8,
+        load_int8,
+        "int8",
+        "ONNX with dynamic int8 weights, in optimum's layout",
+        ("opset",),
+        REQUIRES,
+    ),
 )
 EXPORTERS.add(
     "pruned",

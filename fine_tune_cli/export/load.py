@@ -52,6 +52,11 @@ def load_exported(path: Path) -> LoadedModel:
         raise RecipeError(f"{root}: {MANIFEST} carries no recipe{hint}")
     recipe = validate_tree(manifest["recipe"], default_origin=str(root / MANIFEST))
     fmt = manifest.get("format", "hf")
+    if fmt == "torchscript":  # written by ftc before pt2 replaced torch.jit (deprecated)
+        raise RecipeError(
+            f"{root}: a TorchScript export from an older ftc, no longer read; re-export it"
+            " with `ftc export RUN_DIR --format pt2`"
+        )
     if fmt not in EXPORTERS:
         raise RecipeError(f"{root}: {EXPORTERS.unknown_message(fmt)}")
     artefact = manifest.get("artefact") or {"file": "model.safetensors"}

@@ -1,6 +1,10 @@
 """ONNX: torch's dynamo exporter (`torch.onnx.export(dynamo=True)`, torch.export under the
 hood) with dynamic batch and sequence axes, run by onnxruntime on the CPU.
 
+The dir is in optimum's layout: `model.onnx` (+ `model.onnx.data` when the weights need
+external data) beside `config.json` and the tokenizer files (or the image processor's
+`preprocessor_config.json`), so AutoConfig + AutoTokenizer + onnxruntime open it alone.
+
 Why dynamo and not the legacy TorchScript-based exporter: it is torch's default and
 maintained path, and it follows transformers 5.x's mask code, which skips data-dependent
 shortcuts while tracing; the legacy one is deprecated. It is slower to export (seconds),
@@ -23,12 +27,17 @@ from fine_tune_cli.export.base import (
     RunFn,
     input_names,
     quiet,
+    save_client_files,
 )
+from fine_tune_cli.optional import require
 
 MODEL_FILE = "model.onnx"
 # One self-contained file unless the weights near protobuf's 2 GB limit; then the
 # tensors go to model.onnx.data beside it (also listed in the manifest).
 EXTERNAL_DATA_BYTES = 1_500_000_000
+# What writing and running an ONNX file needs (the `export` extra); torch's exporter
+# imports onnxscript and onnx itself, deep inside, so they are checked up front.
+REQUIRES = ("onnx", "onnxscript", "onnxruntime")
 
 
 def export_onnx(
@@ -77,14 +86,14 @@ def export_onnx(
 
 
 def opset_of(path: Path) -> int:
-    import onnx
+    onnx = require("onnx", "reading an ONNX export")
 
     model = onnx.load(str(path), load_external_data=False)
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def onnx_runner(path: Path) -> RunFn:
-    import onnxruntime as ort
+    ort = require("onnxruntime", "running an ONNX export")
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
@@ -103,7 +112,7 @@ def onnx_runner(path: Path) -> RunFn:
 
 
 def write(ctx: ExportContext, out: Path) -> dict[str, Any]:
-    ctx.tokenizer.save_pretrained(str(out))
+    save_client_files(ctx, out)
     return export_onnx(ctx.model, ctx.example, ctx.outputs, out / MODEL_FILE, ctx.spec.opset)
 
 
@@ -113,5 +122,12 @@ def load(root: Path, artefact: dict[str, Any], recipe: Any) -> RunFn:
 
 EXPORTERS.add(
     "onnx",
-    Exporter(write, load, "exact", "ONNX (dynamic batch/sequence) for onnxruntime", ("opset",)),
+    Exporter(
+        write,
+        load,
+        "exact",
+        "ONNX (dynamic batch/sequence) for onnxruntime, in optimum's layout",
+        ("opset",),
+        REQUIRES,
+    ),
 )

@@ -60,21 +60,35 @@ def export_spec(
 def run_export(
     target_path: str, *, fmt: str, out: str | None, overrides: list[str], overwrite: bool
 ) -> dict[str, Any]:
+    from fine_tune_cli.data.tokenizers import for_model_dir
     from fine_tune_cli.engine.run import build_task
+    from fine_tune_cli.export import DEPRECATED_FORMATS
     from fine_tune_cli.export import parity as P
     from fine_tune_cli.export.base import output_names
     from fine_tune_cli.export.formats import EXPORTERS, ExportContext
     from fine_tune_cli.manifest import fsync_tree, write_manifest
+    from fine_tune_cli.optional import require_all
 
+    out_name = fmt  # the default --out keeps the name asked for (scripts' paths stay valid)
+    if fmt in DEPRECATED_FORMATS:
+        fmt = DEPRECATED_FORMATS[fmt]
+        log.warning(
+            "--format %s is deprecated: it writes the %s format (see `ftc export --help`);"
+            " use --format %s",
+            out_name,
+            fmt,
+            fmt,
+        )
     if fmt not in EXPORTERS:
         raise RecipeError(f"--format: {EXPORTERS.unknown_message(fmt)}")
     exporter = EXPORTERS.get(fmt)
+    require_all(exporter.requires, f"--format {fmt}")  # before any slow work
     target = resolve_target(target_path)
     gate_keys = [k.removeprefix("export.") for k in TOLERANCE_KEYS[exporter.gate].values()]
     applies = {*COMMON_KEYS, *gate_keys, *exporter.options}
     spec = export_spec(target.recipe.export, overrides, applies, fmt)
     base = target.run.path if target.run else target.model_dir.parent
-    out_dir = Path(out) if out else base / "export" / fmt
+    out_dir = Path(out) if out else base / "export" / out_name
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConflictError(f"{out_dir}: output dir is not empty; pass --overwrite or --out")
     prepared = prepared_for(target)
@@ -87,7 +101,9 @@ def run_export(
     example = P.example_batch(task, split)
     ctx = ExportContext(
         model=model,
-        tokenizer=_tokenizer(target.model_dir, prepared),
+        tokenizer=for_model_dir(
+            _tokenizer(target.model_dir, prepared), target.recipe.data.max_length
+        ),
         recipe=target.recipe,
         spec=spec,
         example=example,

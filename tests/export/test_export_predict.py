@@ -1,12 +1,11 @@
-"""`ftc export --format onnx|torchscript|int8|pruned` and `ftc predict` end to end through
-the real CLI on a tiny BERT trained once for the module: each format passes its parity
-gate and writes its figures and sha256s into the manifest; a failed gate publishes
-nothing; predict gives the HF model's labels with every format, reads files and stdin,
+"""`ftc export --format onnx|pt2|int8|pruned` and `ftc predict` end to end through
+the real CLI on a tiny BERT trained once (tests/export/conftest.py): each format passes
+its parity gate and writes its figures and sha256s into the manifest; a failed gate
+publishes nothing; predict gives the HF model's labels with every format, reads files and stdin,
 and refuses a tampered model (exit 6)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import subprocess
@@ -16,60 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_DATA, TINY, Result, cli_env, run_cli
-
-FORMATS = ("hf", "onnx", "torchscript", "int8", "pruned")
-FAST = ["export.latency_runs=3"]
+from tests.conftest import cli_env, run_cli
+from tests.export.conftest import FAST, FORMATS, raw_rows, read_jsonl
 
 
 # --------------------------------------------------------------------------- helpers
-
-
 def flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
-def raw_rows(n: int) -> list[dict]:
-    """Raw emails of both labels from the bundled demo data (what predict gets in use)."""
-    with gzip.open(DEMO_DATA, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
-    spam = [r for r in rows if r["label"] == "spam"][: n // 2]
-    ham = [r for r in rows if r["label"] == "ham"][: n - len(spam)]
-    return [r for pair in zip(spam, ham, strict=False) for r in pair] + ham[len(spam) :]
-
-
-def read_jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export-predict")
-
-
-@pytest.fixture(scope="module")
-def run_dir(workdir: Path, cache_dir: Path) -> Path:
-    with cli_env(cache_dir, workdir):
-        result = run_cli("train", "demo", *TINY, "--json")
-    assert result.code == 0, result.err
-    return workdir / "runs" / "demo"
-
-
-@pytest.fixture(scope="module")
-def exports(run_dir: Path, workdir: Path, cache_dir: Path) -> dict[str, tuple[Result, Path]]:
-    """Every format exported once with its default --out (RUN_DIR/export/<format>/)."""
-    done = {}
-    with cli_env(cache_dir, workdir):
-        for fmt in FORMATS:
-            result = run_cli("export", run_dir, "--format", fmt, *FAST, "--json")
-            assert result.code == 0, f"{fmt}: {result.err}"
-            done[fmt] = (result, run_dir / "export" / fmt)
-    return done
-
-
 @pytest.fixture(scope="module")
 def inputs(workdir: Path) -> Path:
     path = workdir / "new_emails.jsonl"
@@ -113,7 +70,7 @@ def test_export_passes_parity_and_records_figures(exports, fmt: str) -> None:
 
 
 def test_exact_formats_reproduce_the_torch_logits(exports) -> None:
-    for fmt in ("hf", "onnx", "torchscript"):
+    for fmt in ("hf", "onnx", "pt2"):
         manifest = json.loads((exports[fmt][1] / "manifest.json").read_text())
         assert manifest["tolerances"] == {"max_abs_diff": 1e-3, "max_metric_drop": 0.01}
         assert manifest["parity"]["max_abs_diff"] <= 1e-4, fmt
@@ -144,14 +101,27 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_axes(exports) -> None:
         assert np.abs(got - ref.logits.numpy()).max() < 1e-4
 
 
-def test_torchscript_loads_without_this_package(exports) -> None:
-    out = exports["torchscript"][1]
+def test_pt2_loads_in_plain_torch_with_dynamic_batch_and_sequence(exports) -> None:
+    """torch.export.load alone (no fine_tune_cli import) runs model.pt2 on batch and
+    sequence sizes other than the export example's, giving the HF model's logits."""
+    out = exports["pt2"][1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artefact"]["runtime"] == "torch.export"
+    assert {"model.pt2", "config.json"} <= set(manifest["files"])
     code = (
         "import sys, torch\n"
-        f"m = torch.jit.load({str(out / 'model.pt')!r})\n"
-        "ids = torch.tensor([[2, 40, 41, 3, 0], [2, 50, 51, 52, 3]])\n"
-        "(logits,) = m(ids, (ids != 0).long())\n"
-        "assert tuple(logits.shape) == (2, 2)\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"m = torch.export.load({str(out / 'model.pt2')!r}).module()\n"
+        f"hf = AutoModelForSequenceClassification.from_pretrained({str(out.parent / 'hf')!r})\n"
+        "for shape in ((1, 5), (3, 17), (7, 2)):\n"
+        "    ids = torch.randint(5, 500, shape)\n"
+        "    mask = torch.ones_like(ids)\n"
+        "    mask[0, shape[1] // 2 + 1:] = 0\n"
+        "    (logits,) = m(ids, mask)\n"
+        "    with torch.inference_mode():\n"
+        "        ref = hf(input_ids=ids, attention_mask=mask).logits\n"
+        "    assert tuple(logits.shape) == (shape[0], 2), logits.shape\n"
+        "    assert (logits - ref).abs().max() < 1e-4\n"
         "assert not any(n.startswith('fine_tune_cli') for n in sys.modules)\n"
         "print('ok')\n"
     )
@@ -159,6 +129,35 @@ def test_torchscript_loads_without_this_package(exports) -> None:
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_torchscript_is_a_deprecated_alias_of_pt2(ftc, run_dir: Path) -> None:
+    result = ftc("export", run_dir, "--format", "torchscript", *FAST, "--json")
+    assert result.code == 0, result.err
+    assert "--format torchscript is deprecated" in result.err and "pt2" in result.err
+    p = result.json()
+    out = run_dir / "export" / "torchscript"  # the name asked for: scripts' paths still work
+    assert p["format"] == "pt2" and Path(p["outputs"]["dir"]) == out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "pt2" and manifest["artefact"]["file"] == "model.pt2"
+    assert not list(out.glob("*.pt"))  # no TorchScript archive any more
+
+
+def test_old_torchscript_export_is_refused_naming_the_fix(ftc, exports, tmp_path: Path) -> None:
+    from fine_tune_cli.manifest import write_manifest
+
+    """A dir `ftc export --format torchscript` wrote before pt2 (format "torchscript" in
+    its manifest) is refused with the re-export command, not "unknown format"."""
+    old = shutil.copytree(exports["pt2"][1], tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").unlink()
+    kept = {k: v for k, v in manifest.items() if k not in ("files", "format_version")}
+    write_manifest(old, **(kept | {"format": "torchscript"}))
+    (tmp_path / "in.txt").write_text("win money now\n")
+    result = ftc("predict", old, tmp_path / "in.txt", "--json")
+    assert result.code == 2, result.err
+    message = result.json()["message"]
+    assert "TorchScript export" in message and "--format pt2" in message
 
 
 def test_int8_is_smaller_and_gated_on_its_own_tolerances(exports) -> None:
@@ -324,7 +323,7 @@ def test_predict_usage_and_data_errors(ftc, exports, inputs: Path, tmp_path: Pat
     assert not (tmp_path / "predictions.jsonl").exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_tampered_export_is_refused(ftc, exports, inputs: Path, tmp_path: Path, fmt: str) -> None:
     copy = shutil.copytree(exports[fmt][1], tmp_path / fmt)
     flip_byte(copy / json.loads((copy / "manifest.json").read_text())["artefact"]["file"])
@@ -376,3 +375,20 @@ def test_parity_compare_leaves_the_torch_model_in_eval_mode() -> None:
     assert parity["samples"] == 3 and parity["metric"] == "accuracy"
     assert latency(model, run, task, split, runs=2)["torch_ms"] > 0
     assert not model.training
+
+
+def test_format_names_match_the_registry(ftc) -> None:
+    """`--format` choices are listed without importing torch (fast --help, completion):
+    they must stay the registry's keys, and the help shows them and ends with examples."""
+    from fine_tune_cli.export import DEPRECATED_FORMATS, FORMATS
+    from fine_tune_cli.export.formats import EXPORTERS
+
+    assert sorted(FORMATS) == EXPORTERS.names()
+    assert set(DEPRECATED_FORMATS.values()) <= set(FORMATS)
+    export_help = ftc("export", "--help")
+    assert export_help.code == 0
+    assert "--format [hf|onnx|pt2|int8|pruned]" in export_help.out
+    assert "{RUN_DIR} [KEY=VALUE]..." in export_help.out
+    assert "Examples:\n    ftc export runs/demo --format onnx" in export_help.out
+    predict_help = ftc("predict", "--help")
+    assert "{MODEL_DIR} {INPUT}" in predict_help.out and "Examples:" in predict_help.out

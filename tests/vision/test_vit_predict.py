@@ -1,7 +1,7 @@
 """`ftc predict` on images through the real CLI, with a tiny ViT trained once on the
 digits for the module: a folder (recursive, non-image files skipped), a single file, csv
 and jsonl manifests and stdin give the same probabilities for the same image; those are
-the model's own forward pass on the normalised pixels; onnx and torchscript exports agree
+the model's own forward pass on the normalised pixels; onnx and pt2 exports agree
 with best/; the test split written as PNGs scores what `ftc eval` reports; a corrupt
 image fails with exit 3 and writes nothing; a MIM model is refused (exit 2)."""
 
@@ -113,13 +113,17 @@ def test_probabilities_are_the_models_forward_pass(run_dir, folder, predicted, l
     np.testing.assert_allclose(probs_array(rows, labels), want, atol=2e-6)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_exports_predict_what_best_predicts(
     run_dir, folder, predicted, labels, workdir, cache_dir, fmt: str
 ) -> None:
     with cli_env(cache_dir, workdir):
         result = run_cli("export", run_dir, "--format", fmt, "export.latency_runs=2", "--json")
     assert result.code == 0, result.err
+    # optimum's layout: config.json + the image processor beside the artefact
+    assert {"config.json", "preprocessor_config.json"} <= {
+        p.name for p in (run_dir / "export" / fmt).iterdir()
+    }
     got = predict_rows(workdir, cache_dir, run_dir / "export" / fmt, folder)
     _, want = predicted
     assert [(r["id"], r["label"]) for r in got] == [(r["id"], r["label"]) for r in want]
