@@ -14,6 +14,24 @@ from fine_tune_cli.cli import export, predict, prepare, recipes, runs, train, ve
 from fine_tune_cli.cli.common import emit_json, error_payload
 from fine_tune_cli.hub import downloads_allowed
 
+
+def _argument_type_label(self: typer.core.TyperArgument, ctx: object) -> str | None:
+    """An argument with a metavar (RECIPE, KEY=VALUE) already says what to pass; typer would
+    append its Python type too ("RECIPE <str>"), which reads like a bug in --help."""
+    return None if self.metavar else _typer_type_label(self, ctx)
+
+
+def _argument_usage_name(self: typer.core.TyperArgument) -> str:
+    """`ftc train RECIPE [KEY=VALUE]...` as the README writes it (typer says `{RECIPE}`)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+_typer_type_label = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = _argument_type_label  # type: ignore[method-assign]
+typer.core.TyperArgument._usage_display_name = _argument_usage_name  # type: ignore[method-assign]
+
+
 app = typer.Typer(
     name="ftc",
     help="fine_tune_cli: prepare data, train, evaluate and export transformer models from"

@@ -39,6 +39,8 @@ COMMANDS = [
     ("train",),
     ("eval",),
     ("verify",),
+    ("export",),
+    ("predict",),
     ("recipes", "list"),
     ("recipes", "show"),
     ("recipes", "validate"),
@@ -55,19 +57,19 @@ def test_help_ends_with_examples_and_names_arguments(ftc, command: tuple[str, ..
     examples = text.split("Examples:\n", 1)
     assert len(examples) == 2, f"no examples in `ftc {' '.join(command)} --help`"
     lines = [line.strip() for line in examples[1].split("\n\n")[0].splitlines()]
-    assert lines and all(line.startswith(f"ftc {' '.join(command)}") for line in lines), lines
+    assert lines and all(f"ftc {' '.join(command)} " in f"{line} " for line in lines), lines
     usage = text.splitlines()[0]
-    assert "<str>" not in usage and "<list[str]>" not in usage
+    assert "<str>" not in text and "<list[str]>" not in text and "{" not in usage
     arguments = usage.partition("[OPTIONS]")[2]
     assert arguments == arguments.upper(), usage  # RECIPE, RUN_DIR, KEY=VALUE: not recipe
 
 
 def test_train_help_shows_metavars_and_choices(ftc):
     text = ftc("train", "--help").out
-    assert "Usage: ftc train [OPTIONS] {RECIPE} [KEY=VALUE]..." in text
+    assert "Usage: ftc train [OPTIONS] RECIPE [KEY=VALUE]..." in text
     assert "--resume auto|PATH" in text and "--nproc N" in text
     text = ftc("eval", "--help").out
-    assert "{RUN_DIR}" in text and "--fail-under METRIC=VALUE" in text
+    assert "ftc eval [OPTIONS] RUN_DIR" in text and "--fail-under METRIC=VALUE" in text
     assert "--split test|validation|train" in text
 
 
