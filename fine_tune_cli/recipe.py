@@ -141,7 +141,10 @@ class SourceSpec(Strict):
     )
     image: str = Field("path", description="image_manifest: column/field holding the image path.")
     split_folders: bool = Field(
-        False, description="imagefolder: path holds train/, validation/ (or val/), test/ folders."
+        False,
+        description="imagefolder: path holds train/, validation/ (or val/), test/ folders;"
+        " without a validation folder, data.split.validation of train/ is held out"
+        " (stratified, seeded).",
     )
     on_bad_image: Literal["fail", "skip"] = Field(
         "fail", description="Corrupt/unreadable image: fail (exit 3) or skip with a count."
