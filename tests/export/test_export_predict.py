@@ -388,7 +388,8 @@ def test_format_names_match_the_registry(ftc) -> None:
     export_help = ftc("export", "--help")
     assert export_help.code == 0
     assert "--format [hf|onnx|pt2|int8|pruned]" in export_help.out
-    assert "{RUN_DIR} [KEY=VALUE]..." in export_help.out
+    assert "ftc export [OPTIONS] RUN_DIR [KEY=VALUE]..." in export_help.out
     assert "Examples:\n    ftc export runs/demo --format onnx" in export_help.out
     predict_help = ftc("predict", "--help")
-    assert "{MODEL_DIR} {INPUT}" in predict_help.out and "Examples:" in predict_help.out
+    assert "ftc predict [OPTIONS] MODEL_DIR INPUT" in predict_help.out
+    assert "Examples:" in predict_help.out
