@@ -34,10 +34,14 @@ COMPLETE = "COMPLETE"
 
 
 def cache_root(cache_dir: str | None) -> Path:
+    """data.cache_dir, else $FTC_CACHE_DIR, else $XDG_CACHE_HOME/fine_tune_cli, else
+    ~/.cache/fine_tune_cli (the XDG base-directory default)."""
     if cache_dir:
         return Path(cache_dir)
-    env = os.environ.get("FTC_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "fine_tune_cli"
+    if os.environ.get("FTC_CACHE_DIR"):
+        return Path(os.environ["FTC_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fine_tune_cli"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
