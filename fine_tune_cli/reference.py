@@ -23,7 +23,7 @@ END = "<!-- recipe-reference:end -->"
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "")
     text = re.sub(r"<class '([^']+)'>", r"\1", text)
-    text = re.sub(r"fine_tune_cli\.recipe\.", "", text)
+    text = re.sub(r"fine_tune_cli\.recipe\.(schema\.)?", "", text)
     return text.replace("NoneType", "null").replace("|", "\\|")
 
 
