@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from fine_tune_cli.recipe import Recipe, _model_in
+from fine_tune_cli.recipe import Recipe, model_in, models_in
 
 START = "<!-- recipe-reference:start -->"
 END = "<!-- recipe-reference:end -->"
@@ -43,17 +43,40 @@ def _default(field: Any) -> str:
 
 def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     rows = []
-    for name, field in model.model_fields.items():
+    for name, field in _fields(model).items():
         dotted = f"{prefix}{name}"
-        nested = _model_in(field.annotation)
+        nested = model_in(field.annotation)
         if nested is not None and nested.__name__ != "StepSpec":
-            rows.extend(_rows(nested, dotted + "."))
+            rows.extend(_rows(_section(field.annotation), dotted + "."))
             continue
         # steps: a list of registry names with parameters
         kind = "list of steps" if nested is not None else _type_name(field.annotation)
         doc = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{dotted}` | {kind} | {_default(field)} | {doc} |")
     return rows
+
+
+def _section(annotation: Any) -> Any:
+    """The section model, or for a discriminated union (optim) the list of its variants."""
+    found = models_in(annotation)
+    return found[0] if len(found) == 1 else found
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """A section's fields; for a union of variants every key once, in an order each
+    variant's own order agrees with, keys all variants inherit documented by their base."""
+    if not isinstance(model, list):
+        return dict(model.model_fields)
+    base = next(b for b in model[0].__mro__ if all(issubclass(m, b) for m in model))
+    orders = [list(m.model_fields) for m in model]
+    merged: list[str] = []
+    while any(orders):
+        # the first key (in variant order) that no variant lists after another pending key
+        key = next(o[0] for o in orders if o and not any(o[0] in rest[1:] for rest in orders))
+        merged.append(key)
+        orders = [[k for k in o if k != key] for o in orders]
+    fields = {k: f for m in reversed(model) for k, f in m.model_fields.items()}
+    return {k: base.model_fields.get(k) or fields[k] for k in merged}
 
 
 def _steps() -> list[str]:

@@ -1,5 +1,5 @@
 """Registry checks, run after schema validation: the names a recipe gives (model family,
-task and size, pipeline steps and their parameters, optimizer) must be registered, and the
+task and size, pipeline steps and their parameters) must be registered, and the
 cross-section rules that depend on what a family or a step is must hold.
 
 Kept apart from `recipe.schema` so the schema imports no plugin package (models/, data/,
@@ -21,7 +21,6 @@ from fine_tune_cli.recipe.schema import (
     DataSpec,
     MIMSpec,
     ModelSpec,
-    OptimSpec,
     Recipe,
     StepSpec,
 )
@@ -57,9 +56,6 @@ def section_problems(tree: dict[str, Any]) -> list[Problem]:
             step = _valid(StepSpec, value)
             if isinstance(step, StepSpec) and (msg := _step_problem(step)):
                 problems.append(_problem(("data", section, i), msg))
-    optim = _valid(OptimSpec, tree.get("optim", {}))
-    if isinstance(optim, OptimSpec) and (msg := _optim_problem(optim)):
-        problems.append(_problem(("optim",), msg))
     return problems
 
 
@@ -107,25 +103,6 @@ def _step_problem(spec: StepSpec) -> str | None:
         return "; ".join(
             describe_error(err, params, prefix=f"{spec.name}.") for err in exc.errors()
         )
-    return None
-
-
-def _optim_problem(spec: OptimSpec) -> str | None:
-    """The optimizer is registered and takes every field the recipe sets."""
-    from fine_tune_cli.engine.optim import OPTIMIZERS
-
-    if spec.name not in OPTIMIZERS:
-        return f"name: {OPTIMIZERS.unknown_message(spec.name)}"
-    allowed = OPTIMIZERS.get(spec.name).fields
-    common = {"name", "lr", "weight_decay", "head_lr"}
-    unused = sorted(spec.model_fields_set - common - set(allowed))
-    if unused:
-        return (
-            f"{', '.join(unused)}: not used by optimizer '{spec.name}'"
-            f" (it takes: {', '.join(sorted(common | set(allowed)))})"
-        )
-    if spec.nesterov and spec.momentum == 0:
-        return "nesterov: needs momentum > 0"
     return None
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fine_tune_cli import formats
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.recipe import check
-from fine_tune_cli.recipe.messages import describe_error, origin_of, schema_position
+from fine_tune_cli.recipe.messages import describe_error, origin_of, schema_position, untag
 from fine_tune_cli.recipe.schema import Recipe
 from fine_tune_cli.registry import did_you_mean
 
@@ -407,7 +407,7 @@ def validate_tree(
     try:
         recipe = Recipe.model_validate(tree)
     except ValidationError as exc:
-        errors = list(exc.errors())
+        errors = untag(list(exc.errors()), Recipe)
     found = check.section_problems(tree) if isinstance(tree, dict) else []
     if recipe is not None and not found:
         found = check.recipe_problems(recipe)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fine_tune_cli.recipe.schema import model_in
+from fine_tune_cli.recipe.schema import model_in, models_in, variants_of
 from fine_tune_cli.registry import did_you_mean
 
 
@@ -35,18 +35,77 @@ def origin_of(dotted: str, origins: dict[str, str], default: str) -> str:
 
 
 def fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model that holds the key at `loc`."""
-    current: Any = model
+    """Field names of the (nested) model that holds the key at `loc`; of every variant
+    when that is a discriminated union (the keys the section takes at all)."""
+    current: list[Any] = [model]
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        fields = getattr(current, "model_fields", {})
+        fields = {k: f for m in current for k, f in m.model_fields.items()}
         if part not in fields:
             return []
-        current = model_in(fields[part].annotation)
-        if current is None:
+        current = models_in(fields[part].annotation)
+        if not current:
             return []
-    return list(getattr(current, "model_fields", {}))
+    return list(dict.fromkeys(k for m in current for k in m.model_fields))
+
+
+def untag(errors: list[dict[str, Any]], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """pydantic's errors with the variant tags of discriminated unions taken out of their
+    `loc` (`optim.sgd.eps` -> `optim.eps`), and a variant's unknown keys that another
+    variant takes worded as they always were: one line per section, `betas, eps: not used
+    by optimizer 'sgd' (it takes: ...)`, left out when the section has other errors."""
+    out: list[dict[str, Any]] = []
+    unused: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        loc, variant = _untagged_loc(tuple(err["loc"]), model)
+        err = {**err, "loc": loc}
+        if variant is not None and err["type"] == "extra_forbidden":
+            section, tag, kind, variants = variant
+            key = loc[-1]
+            elsewhere = any(key in m.model_fields for m in variants.values())
+            if len(loc) == len(section) + 1 and elsewhere:
+                takes = ", ".join(sorted(variants[tag].model_fields))
+                entry = unused.setdefault(section, {"keys": [], "at": len(out)})
+                entry["keys"].append(key)
+                entry["msg"] = f"not used by {kind} '{tag}' (it takes: {takes})"
+                continue
+        out.append(err)
+    for section, entry in sorted(unused.items(), key=lambda kv: -kv[1]["at"]):
+        if any(tuple(e["loc"])[: len(section)] == section for e in out):
+            continue  # as before: which keys a variant takes is checked once its fields are valid
+        msg = f"{', '.join(sorted(entry['keys']))}: {entry['msg']}"
+        out.insert(entry["at"], {"type": "value_error", "loc": section, "msg": msg})
+    return out
+
+
+def _untagged_loc(
+    loc: tuple[Any, ...], model: type[BaseModel]
+) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], str, str, dict[str, Any]] | None]:
+    """`loc` without union tags, and the innermost variant it went through:
+    (section loc, tag, what the variants are called, variants by tag)."""
+    out: list[Any] = []
+    variant = None
+    current: Any = model
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        out.append(part)
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            current = None
+            continue
+        discriminator, variants = variants_of(field)
+        if variants and parts and parts[0] in variants:
+            tag = parts.pop(0)
+            kind = (discriminator.custom_error_context or {}).get("kind", "variant")
+            variant = (tuple(out), tag, kind, variants)
+            current = variants[tag]
+        else:
+            current = model_in(field.annotation)
+    return tuple(out), variant
 
 
 def schema_position(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[int, ...]:
@@ -79,6 +138,8 @@ def describe_error(err: dict[str, Any], model: type[BaseModel], prefix: str = ""
         return f"{dotted}: unknown key{hint}"
     if kind == "missing":
         return f"{dotted}: required key is missing"
+    if kind == "unknown_variant":
+        return _unknown_variant(err, model, dotted)
     msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "value_error":
         # Our own validators prefix the sub-key ("task: ...") when the problem is a field.
@@ -89,3 +150,29 @@ def describe_error(err: dict[str, Any], model: type[BaseModel], prefix: str = ""
     msg = msg.replace("Input should be", "expected")
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
     return f"{dotted}: {msg} (got {shown})"
+
+
+def _unknown_variant(err: dict[str, Any], model: type[BaseModel], dotted: str) -> str:
+    """A discriminated-union section whose tag names no variant, worded like the registry
+    check it replaced: `optim.name: unknown optimizer 'x'; did you mean ...? (choose ...)`."""
+    ctx, value = err.get("ctx") or {}, err.get("input")
+    if not isinstance(value, dict):
+        shown = repr(value) if not isinstance(value, list) else "list"
+        return (
+            f"{dotted}: expected a valid dictionary or instance of {ctx['section']} (got {shown})"
+        )
+    tag = value.get(ctx["key"])
+    if not isinstance(tag, str):
+        shown = repr(tag) if not isinstance(tag, dict | list) else type(tag).__name__
+        return f"{dotted}.{ctx['key']}: expected a valid string (got {shown})"
+    field: Any = None
+    current: Any = model
+    for part in err["loc"]:
+        if isinstance(part, str) and current is not None and part in current.model_fields:
+            field = current.model_fields[part]
+            current = model_in(field.annotation)
+    tags = sorted(variants_of(field)[1]) if field is not None else []
+    return (
+        f"{dotted}.{ctx['key']}: unknown {ctx['kind']} '{tag}'{did_you_mean(tag, tags)}"
+        f" (choose one of: {', '.join(tags)})"
+    )

@@ -7,11 +7,22 @@ families, tasks, sizes, pipeline steps, optimizers) are checked after validation
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 SCHEMA_VERSION = 1
 
@@ -198,16 +209,91 @@ class DataSpec(Strict):
 
 
 # --------------------------------------------------------------------------- optim
-class OptimSpec(Strict):
-    name: str = Field("adamw", description="sgd, adam, adamw or rmsprop.")
+# One model per optimizer, told apart by `name` (a discriminated union): a key the chosen
+# optimizer does not take is an unknown key of its model, and a dump holds only its keys.
+DEFAULT_OPTIMIZER = "adamw"
+_OPTIMIZER_DOC = "sgd, adam, adamw or rmsprop."
+_HEAD_LR_DOC = "Separate LR for the task head."
+
+
+class _Optimizer(Strict):
+    """Keys every optimizer takes (each variant adds its own, then head_lr)."""
+
+    name: str = Field(DEFAULT_OPTIMIZER, description=_OPTIMIZER_DOC)
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="Decay (never on biases or LayerNorm).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
-    eps: float = Field(1e-8, gt=0, description="Adam/AdamW/RMSprop epsilon.")
+
+
+class SGDSpec(_Optimizer):
+    name: Literal["sgd"] = Field("sgd", description=_OPTIMIZER_DOC)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD/RMSprop momentum.")
     nesterov: bool = Field(False, description="SGD Nesterov momentum.")
+    head_lr: float | None = Field(None, gt=0, description=_HEAD_LR_DOC)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGDSpec:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: needs momentum > 0")
+        return self
+
+
+class AdamSpec(_Optimizer):
+    name: Literal["adam"] = Field("adam", description=_OPTIMIZER_DOC)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW/RMSprop epsilon.")
+    head_lr: float | None = Field(None, gt=0, description=_HEAD_LR_DOC)
+
+
+class AdamWSpec(AdamSpec):
+    name: Literal["adamw"] = Field("adamw", description=_OPTIMIZER_DOC)  # type: ignore[assignment]
+
+
+class RMSpropSpec(_Optimizer):
+    name: Literal["rmsprop"] = Field("rmsprop", description=_OPTIMIZER_DOC)
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW/RMSprop epsilon.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD/RMSprop momentum.")
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant.")
-    head_lr: float | None = Field(None, gt=0, description="Separate LR for the task head.")
+    head_lr: float | None = Field(None, gt=0, description=_HEAD_LR_DOC)
+
+
+OPTIMIZER_SPECS: dict[str, type[_Optimizer]] = {
+    "sgd": SGDSpec,
+    "adam": AdamSpec,
+    "adamw": AdamWSpec,
+    "rmsprop": RMSpropSpec,
+}
+
+
+def _optimizer_name(value: Any) -> Any:
+    """The variant tag: `name`, the default optimizer when the section leaves it out."""
+    if isinstance(value, dict):
+        return value.get("name", DEFAULT_OPTIMIZER)
+    return getattr(value, "name", None)
+
+
+OptimSpec = Annotated[
+    Annotated[SGDSpec, Tag("sgd")]
+    | Annotated[AdamSpec, Tag("adam")]
+    | Annotated[AdamWSpec, Tag("adamw")]
+    | Annotated[RMSpropSpec, Tag("rmsprop")],
+    Discriminator(
+        _optimizer_name,
+        # recipe.messages words it like a registry's unknown name (choices listed)
+        custom_error_type="unknown_variant",
+        custom_error_message="unknown optimizer",
+        custom_error_context={"kind": "optimizer", "key": "name", "section": "OptimSpec"},
+    ),
+]
+
+
+def optim_spec(**fields: Any) -> SGDSpec | AdamSpec | AdamWSpec | RMSpropSpec:
+    """The optimizer section from keyword fields (`name` picks the variant)."""
+    return _optim_adapter().validate_python(fields)
+
+
+@functools.cache
+def _optim_adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(OptimSpec)
 
 
 class ScheduleSpec(Strict):
@@ -369,7 +455,7 @@ class Recipe(Strict):
     description: str = Field("", description="One line shown by `ftc recipes list`.")
     model: ModelSpec
     data: DataSpec
-    optim: OptimSpec = Field(default_factory=OptimSpec)
+    optim: OptimSpec = Field(default_factory=OPTIMIZER_SPECS[DEFAULT_OPTIMIZER])
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     mlm: MLMSpec = Field(default_factory=MLMSpec)
@@ -386,14 +472,8 @@ class Recipe(Strict):
         return value
 
     def resolved(self) -> dict[str, Any]:
-        """The full recipe as plain data, without fields the chosen optimizer ignores
-        (so the dump validates again as a recipe of its own)."""
-        from fine_tune_cli.engine.optim import OPTIMIZERS
-
-        data = self.model_dump(mode="json")
-        keep = {"name", "lr", "weight_decay", "head_lr", *OPTIMIZERS.get(self.optim.name).fields}
-        data["optim"] = {k: v for k, v in data["optim"].items() if k in keep}
-        return data
+        """The full recipe as plain data (it validates again as a recipe of its own)."""
+        return self.model_dump(mode="json")
 
     # -- derived paths -------------------------------------------------------------
     def run_dir(self) -> Path:
@@ -403,12 +483,30 @@ class Recipe(Strict):
         return Path(self.train.run_dir) if self.train.run_dir else default_runs_dir() / self.name
 
 
-def model_in(annotation: Any) -> type[BaseModel] | None:
-    """The section model inside a field's annotation (`X`, `X | None`, `tuple[X, ...]`)."""
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The section models inside a field's annotation (`X`, `X | None`, `tuple[X, ...]`,
+    every variant of a discriminated union)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = model_in(arg)
-        if found is not None:
-            return found
-    return None
+        found += [m for m in models_in(arg) if m not in found]
+    return found
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The (first) section model inside a field's annotation."""
+    found = models_in(annotation)
+    return found[0] if found else None
+
+
+def variants_of(field: FieldInfo) -> tuple[Discriminator | None, dict[str, type[BaseModel]]]:
+    """A discriminated-union field's discriminator and its models by tag ((None, {}) else)."""
+    discriminator = next((m for m in field.metadata if isinstance(m, Discriminator)), None)
+    variants = {}
+    for arg in getattr(field.annotation, "__args__", ()) or ():
+        tag = next((m.tag for m in getattr(arg, "__metadata__", ()) if isinstance(m, Tag)), None)
+        model = model_in(arg)
+        if tag is not None and model is not None:
+            variants[tag] = model
+    return (discriminator, variants) if discriminator and variants else (None, {})

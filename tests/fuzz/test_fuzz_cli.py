@@ -40,19 +40,21 @@ def fuzz_settings(examples: int) -> settings:
 
 def schema_keys() -> list[str]:
     """Every dotted leaf key of the recipe schema (what `key=value` may name)."""
-    from fine_tune_cli.recipe import Recipe, _model_in
+    from fine_tune_cli.recipe import Recipe, models_in
 
-    def walk(model: Any, prefix: str) -> list[str]:
+    def walk(models: list[Any], prefix: str) -> list[str]:
         keys = []
-        for name, field in model.model_fields.items():
-            nested = _model_in(field.annotation)
-            if nested is not None and nested.__name__ != "StepSpec":
+        # every variant's keys where a section is a union (optim: sgd | adam | ...)
+        fields = {k: f for m in models for k, f in m.model_fields.items()}
+        for name, field in fields.items():
+            nested = models_in(field.annotation)
+            if nested and nested[0].__name__ != "StepSpec":
                 keys.extend(walk(nested, f"{prefix}{name}."))
             else:
                 keys.append(f"{prefix}{name}")
         return keys
 
-    return walk(Recipe, "")
+    return walk([Recipe], "")
 
 
 KEYS = schema_keys()

@@ -15,6 +15,7 @@ import yaml
 from fine_tune_cli.engine.optim import OPTIMIZERS
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.recipe import (
+    OPTIMIZER_SPECS,
     RECIPES_DIR,
     builtin_recipes,
     dump_recipe,
@@ -512,3 +513,74 @@ def test_dump_recipe_round_trips(name: str, tmp_path: Path, monkeypatch: pytest.
 def test_dump_recipe_round_trips_for_every_optimizer(optimizer: str):
     recipe = load_recipe("demo", [f"optim.name={optimizer}"]).recipe
     assert validate_tree(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+# --------------------------------------------------------------------------- optimizers
+def test_optimizer_variants_are_the_registered_optimizers_with_their_fields():
+    """The schema's optimizer union and the engine's registry name the same optimizers,
+    each variant taking exactly the common keys plus the fields its builder reads."""
+    assert sorted(OPTIMIZER_SPECS) == OPTIMIZERS.names()
+    for name, spec in OPTIMIZER_SPECS.items():
+        common = {"name", "lr", "weight_decay", "head_lr"}
+        assert set(spec.model_fields) == common | set(OPTIMIZERS.get(name).fields), name
+        assert spec().name == name
+
+
+def test_keys_the_optimizer_does_not_take_are_one_problem(tmp_path: Path):
+    path = write(
+        tmp_path, "r.yaml", MINIMAL + "optim: {name: sgd, betas: [0.8, 0.9], eps: 1.0e-6}\n"
+    )
+    err = load_error(path)
+    assert err.problems == [
+        f"{origin(err.problems[0])}: optim.betas, eps: not used by optimizer 'sgd'"
+        " (it takes: head_lr, lr, momentum, name, nesterov, weight_decay)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{name: sgd, nesterov: true}", "optim.nesterov: needs momentum > 0"),
+        ("{name: 3}", "optim.name: expected a valid string (got 3)"),
+        ("adam", "optim: expected a valid dictionary or instance of OptimSpec (got 'adam')"),
+        ("{name: rmsprop, lrr: 1}", "optim.lrr: unknown key; did you mean 'lr'?"),
+        ("{name: adam, momentum: 0.9, lrr: 1}", "optim.lrr: unknown key; did you mean 'lr'?"),
+        (
+            "{name: sdg}",
+            "optim.name: unknown optimizer 'sdg'; did you mean 'sgd'?"
+            " (choose one of: adam, adamw, rmsprop, sgd)",
+        ),
+    ],
+)
+def test_optimizer_section_problems(section: str, expected: str, tmp_path: Path):
+    path = write(tmp_path, "r.yaml", MINIMAL + f"optim: {section}\n")
+    problems = load_error(path).problems
+    assert [p.split(": ", 1)[1] for p in problems] == [expected]
+
+
+def test_an_optimizer_section_without_name_is_the_default_optimizer(tmp_path: Path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", MINIMAL + "optim: {eps: 1.0e-6}\n")).recipe
+    assert (recipe.optim.name, recipe.optim.eps) == ("adamw", 1e-6)
+    sgd = load_recipe("demo", ["optim.name=sgd", "optim.momentum=0.9"]).recipe
+    assert sgd.resolved()["optim"] == {
+        "name": "sgd",
+        "lr": sgd.optim.lr,
+        "weight_decay": sgd.optim.weight_decay,
+        "momentum": 0.9,
+        "nesterov": False,
+        "head_lr": None,
+    }
+
+
+def test_the_schema_imports_no_plugin_package():
+    """Registries are checked after validation (recipe/check.py): the schema module never
+    imports models/, engine/ or tasks/, so those may import the schema freely."""
+    import ast
+
+    from fine_tune_cli.recipe import schema
+
+    tree = ast.parse(Path(schema.__file__).read_text(encoding="utf-8"))
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    plugins = ("fine_tune_cli.engine", "fine_tune_cli.models", "fine_tune_cli.tasks")
+    assert not [m for m in imported if m.startswith(plugins)], imported
