@@ -12,13 +12,14 @@ SAMPLE_ROWS = 2000
 def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
     """Data readable, columns and labels present, model builds, cache and run-dir status.
     Raises the first DataError (exit 3); recipe errors were raised by loading (exit 2)."""
-    from fine_tune_cli.data.prepare import data_hash, encoder_name, prepared_path
-    from fine_tune_cli.data.sources import read_source
+    from fine_tune_cli.data.prepare import data_hash, prepared_path
     from fine_tune_cli.data.store import COMPLETE
     from fine_tune_cli.hub import provenance as hub_provenance
     from fine_tune_cli.runs import RunDir
+    from fine_tune_cli.tasks import task_for
 
     recipe = loaded.recipe
+    task = task_for(recipe.model)
     checks: list[dict[str, Any]] = [{"check": "recipe", "ok": True, "detail": loaded.source}]
     for key, hub in hub_provenance(recipe).items():  # what each Hub id resolves to, offline
         detail = f"{key}: {hub['id']} -> commit {hub['sha']} ({hub['path']})"
@@ -27,8 +28,7 @@ def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
     source = recipe.data.source.model_copy(
         update={"limit": min(recipe.data.source.limit or SAMPLE_ROWS, SAMPLE_ROWS)}
     )
-    is_image = encoder_name(recipe) == "image"
-    sample = read_source(source, need_label=recipe.model.task == "classification", images=is_image)
+    sample = task.read_source(source, task.needs_labels)
     labels = sorted({r["label"] for r in sample if r.get("label") is not None})
     detail = (
         f"{recipe.data.source.path or recipe.data.source.format}: first {len(sample)} rows readable"
@@ -47,12 +47,11 @@ def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
     )
     params = None
     if build_model:
-        geometry = None
-        if is_image:
-            from fine_tune_cli.data.images import sample_geometry
+        from fine_tune_cli.models.registry import build_model
 
-            geometry = sample_geometry(recipe, sample)
-        params = _count_params(recipe, max(2, len(labels)), geometry)
+        names = tuple(f"label_{i}" for i in range(max(2, len(labels))))
+        model = build_model(recipe.model, task.sample_context(recipe, sample, names))
+        params = sum(p.numel() for p in model.parameters())
         checks.append({"check": "model", "ok": True, "detail": f"builds; {params:,} parameters"})
     run = RunDir(recipe.run_dir())
     state = (
@@ -70,31 +69,6 @@ def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
         "cache_hit": cached,
         "parameters": params,
     }
-
-
-def _count_params(recipe: Any, num_labels: int, geometry: tuple[int, int] | None = None) -> int:
-    from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source
-    from fine_tune_cli.models.registry import BuildContext, build_model, resolve_init_dir
-
-    if geometry is not None:  # image family: (side, channels) instead of a tokenizer
-        ctx = BuildContext(
-            label_names=tuple(f"label_{i}" for i in range(num_labels)),
-            image_size=geometry[0],
-            num_channels=geometry[1],
-            init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
-        )
-        return sum(p.numel() for p in build_model(recipe.model, ctx).parameters())
-    _, tok_dir = tokenizer_source(recipe)
-    vocab = len(load_tokenizer(tok_dir)) if tok_dir else recipe.data.tokenizer.vocab_size
-    ctx = BuildContext(
-        vocab_size=vocab,
-        label_names=tuple(f"label_{i}" for i in range(num_labels)),
-        max_length=recipe.data.max_length,
-        pad_token_id=0,
-        init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
-    )
-    model = build_model(recipe.model, ctx)
-    return sum(p.numel() for p in model.parameters())
 
 
 def print_check(payload: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,34 +35,26 @@ BATCH_SIZE = 64
 
 def run_predict(model_dir: str, source: str, *, out: str, json_mode: bool) -> dict[str, Any]:
     from fine_tune_cli.export.load import load_exported
-    from fine_tune_cli.models.registry import FAMILIES
+    from fine_tune_cli.tasks import task_for
 
     if out == STDIN and json_mode:
         raise RecipeError("--out - writes predictions to stdout; it cannot be combined with --json")
     if source != STDIN and not Path(source).exists():
         raise DataError(f"{source}: input not found")
     loaded = load_exported(Path(model_dir))
-    recipe = loaded.recipe
-    if recipe.model.task != "classification":
+    task = task_for(loaded.recipe.model)
+    if not task.predictable:
         raise RecipeError(
             f"{loaded.root}: ftc predict labels inputs with a classification model"
-            f" (this one is {recipe.model.family}/{recipe.model.task})"
+            f" (this one is {loaded.recipe.model.family}/{loaded.recipe.model.task})"
         )
-    if FAMILIES.get(recipe.model.family).tokenizer_kind is None:
-        records = image_inputs(source, recipe)
-        probs = predict_image_probs(loaded, records)
-    else:
-        if source != STDIN and Path(source).is_dir():
-            raise DataError(f"{source}: a folder; a text model reads a csv/jsonl/txt file or -")
-        records = clean(read_inputs(source, recipe), recipe)
-        probs = predict_probs(loaded, [r["text"] for r in records])
-    rows = prediction_rows(records, probs, loaded.labels)
+    predictions = task.predict(loaded, source)
+    rows = predictions.rows
     if out == STDIN:
         _write_lines(sys.stdout, rows)
         sys.stdout.flush()
     else:
         write_jsonl(Path(out), rows)
-    counts = Counter(row["label"] for row in rows)
     filtered = sum(1 for row in rows if "filtered" in row)
     log.info(
         "predicted %d inputs with %s (%s)%s",
@@ -78,7 +69,7 @@ def run_predict(model_dir: str, source: str, *, out: str, json_mode: bool) -> di
         "input": source,
         "outputs": {"predictions": out},
         "count": len(rows),
-        "label_counts": {label: counts.get(label, 0) for label in loaded.labels},
+        "label_counts": predictions.label_counts,
         "filtered": filtered,
     }
 
@@ -156,8 +147,8 @@ def predict_probs(loaded: Any, texts: list[str]) -> np.ndarray:
     from fine_tune_cli.data.batching import eval_batches
     from fine_tune_cli.data.prepare import _encode
     from fine_tune_cli.data.store import PreparedSplit
-    from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.export.base import input_names
+    from fine_tune_cli.tasks import build_task
 
     ids = _encode(loaded.tokenizer, texts, loaded.recipe.data.max_length)
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -264,11 +255,11 @@ def image_geometry(root: Path) -> dict[str, Any]:
 def predict_image_probs(loaded: Any, rows: list[Record]) -> np.ndarray:
     """Class probabilities, one row per image: decode, the recipe's steps, the prepared
     data's size fitting (fit_image) and the eval-time scaling (ImageBatches)."""
+    from fine_tune_cli.data.image_batches import ImageBatches
     from fine_tune_cli.data.image_sources import decode_file
     from fine_tune_cli.data.images import fit_image
     from fine_tune_cli.data.steps import StepContext
     from fine_tune_cli.data.store import PreparedSplit
-    from fine_tune_cli.engine.image_tasks import ImageBatches
 
     recipe = loaded.recipe
     info = image_geometry(loaded.root)

@@ -30,11 +30,11 @@ def main(argv: list[str]) -> int:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from fine_tune_cli.data.prepare import prepare_dataset
-    from fine_tune_cli.engine.run import model_context
     from fine_tune_cli.engine.trainer import total_steps
     from fine_tune_cli.errors import FtcError
     from fine_tune_cli.models.registry import build_model
     from fine_tune_cli.recipe import load_recipe
+    from fine_tune_cli.tasks import task_for
 
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         return exc.exit_code
 
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, model_context(recipe, prepared))
+    model = build_model(recipe.model, task_for(recipe.model).build_context(recipe, prepared))
     train, valid = prepared.splits["train"], prepared.splits["validation"]
 
     def rows(split: object) -> list[dict[str, object]]:

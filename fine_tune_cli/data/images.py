@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fine_tune_cli.data.prepare import ENCODERS, SPLITS
+from fine_tune_cli.data.prepare import SPLITS
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.data.store import PreparedSplit, write_split
 from fine_tune_cli.errors import DataError, RecipeError
@@ -206,9 +206,6 @@ def encode_images(
         std,
     )
     return {"splits": split_info, "images": images}
-
-
-ENCODERS.add("image", encode_images)
 
 
 def image_split_from_source(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fine_tune_cli.data.prepare import ENCODERS, SPLITS, build_tokenizer
+from fine_tune_cli.data.prepare import SPLITS, build_tokenizer
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError, RecipeError
 from fine_tune_cli.recipe import Recipe
@@ -210,8 +210,3 @@ def encode_mlm_nsp(
             f" '{recipe.data.source.group}' has a single segment (data.source.group)"
         )
     return {"tokenizer": info, "splits": split_info}
-
-
-ENCODERS.add("clm", encode_clm)
-ENCODERS.add("mlm", encode_mlm)
-ENCODERS.add("mlm_nsp", encode_mlm_nsp)

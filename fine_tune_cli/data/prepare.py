@@ -9,7 +9,6 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from fine_tune_cli.data.store import (
     COMPLETE,
     HASH_SCHEME,
     PreparedDataset,
+    PreparedSplit,
     cache_root,
     content_hash,
     open_prepared,
@@ -30,28 +30,30 @@ from fine_tune_cli.data.store import (
 )
 from fine_tune_cli.errors import DataError, OutputError
 from fine_tune_cli.recipe import Recipe
-from fine_tune_cli.registry import Registry
 
 log = logging.getLogger("ftc")
 
 SPLITS = ("train", "validation", "test")
 
-# Encoders whose output changed for the same inputs, with a revision that enters the data
-# hash of their recipes only (so other prepared dirs stay valid, stale ones are not reused).
-# mlm_nsp 2: random B segments drawn uniformly over segments, not per document.
-ENCODER_REVISIONS = {"mlm_nsp": 2}
-
 
 def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the prepared data: source content, pipeline, split,
-    tokenizer (settings or files) and the task's encoding. Paths do not count."""
+    tokenizer (settings or files) or image size, and the task's encoding. Paths do not
+    count."""
+    from fine_tune_cli.tasks import task_for
+
+    return task_for(recipe.model).hash_inputs(recipe, HASH_SCHEME)
+
+
+def text_hash_inputs(
+    recipe: Recipe, scheme: int, encoder_revision: int | None = None
+) -> dict[str, Any]:
+    """hash_inputs of a text task. `encoder_revision`: a task whose encoder output changed
+    for the same inputs sets one; it enters the hash of its recipes only (so other
+    prepared dirs stay valid, stale ones are not reused)."""
     from fine_tune_cli.data.tokenizers import fingerprint_dir, tokenizer_source
     from fine_tune_cli.hub import snapshot_revision
 
-    if encoder_name(recipe) == "image":
-        from fine_tune_cli.data.images import image_hash_inputs
-
-        return image_hash_inputs(recipe, HASH_SCHEME)
     source = Path(recipe.data.source.path)
     if not source.is_file():
         raise DataError(f"{source}: data file not found (set data.source.path)")
@@ -60,7 +62,7 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
     data["source"].pop("path")
     kind, tok_dir = tokenizer_source(recipe)
     inputs = {
-        "format": HASH_SCHEME,
+        "format": scheme,
         "source_sha256": sha256_file(source),
         "data": data,
         "family": recipe.model.family,
@@ -68,8 +70,8 @@ def hash_inputs(recipe: Recipe) -> dict[str, Any]:
         "tokenizer": kind,
         "tokenizer_files": fingerprint_dir(tok_dir) if tok_dir else None,
     }
-    if encoder_name(recipe) in ENCODER_REVISIONS:
-        inputs["encoder_revision"] = ENCODER_REVISIONS[encoder_name(recipe)]
+    if encoder_revision is not None:
+        inputs["encoder_revision"] = encoder_revision
     hub_sha = snapshot_revision(tok_dir) if tok_dir else None
     if hub_sha:  # a Hub tokenizer: a new revision of the repo prepares again
         inputs["tokenizer_revision"] = hub_sha
@@ -111,11 +113,10 @@ def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDat
 
 def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
     """Read the source and run the pipeline steps (shared by prepare and `eval --data`)."""
-    from fine_tune_cli.data.sources import read_source
+    from fine_tune_cli.tasks import task_for
 
-    need_label = recipe.model.task == "classification"
-    is_image = encoder_name(recipe) == "image"
-    records = read_source(recipe.data.source, need_label=need_label, images=is_image)
+    task = task_for(recipe.model)
+    records = task.read_source(recipe.data.source, task.needs_labels)
     steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.steps]
     records, report = run_pipeline(records, steps, StepContext(seed=recipe.data.split.seed))
     if not records:
@@ -150,13 +151,16 @@ def _report_line(report: list[dict[str, Any]]) -> str:
 
 
 def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> dict[str, Any]:
+    from fine_tune_cli.tasks import task_for
+
+    task = task_for(recipe.model)
     records, report = load_records(recipe)
     log.info("read %d records; pipeline: %s", len(records), _report_line(report))
-    labels = _label_names(recipe, records)
+    labels = task.label_names(recipe, records)
     splits = split_records(recipe, records)
     splits["train"] = _balance(recipe, splits["train"], labels)
-    # Image augmentations run on the fly per epoch (engine/image_tasks.py), not baked in.
-    if recipe.data.augment and encoder_name(recipe) != "image":
+    # Tasks that augment batches on the fly per epoch (images) do not bake it in here.
+    if recipe.data.augment and not task.augments_batches:
         steps = [(STEPS.get(s.name), s.parsed_params()) for s in recipe.data.augment]
         before = len(splits["train"])
         splits["train"], aug_report = run_pipeline(
@@ -165,7 +169,7 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
         report += [{**r, "split": "train"} for r in aug_report]
         log.info("augmented train split: %d -> %d records", before, len(splits["train"]))
 
-    encoded = ENCODERS.get(encoder_name(recipe))(recipe, splits, labels, out)
+    encoded = task.encode(recipe, splits, labels, out)
     manifest = {
         "hash": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -180,22 +184,6 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
         **encoded,  # "splits" (+ "tokenizer" for text)
     }
     return manifest
-
-
-# Encoders turn split records into the prepared arrays (and tokenizer/processor files).
-# Each returns manifest entries: at least {"splits": {name: {"examples": n, ...}}}.
-Encoder = Callable[[Recipe, dict[str, list[Record]], list[str], Path], dict[str, Any]]
-ENCODERS: Registry[Encoder] = Registry("encoder")
-
-
-def encoder_name(recipe: Recipe) -> str:
-    """Which encoder prepares a recipe's data: by task for text (classification keeps one
-    sequence per example; LM tasks pack or pair), and by family for images."""
-    from fine_tune_cli.models import FAMILIES
-
-    if FAMILIES.get(recipe.model.family).tokenizer_kind is None:
-        return "image"
-    return recipe.model.task
 
 
 def build_tokenizer(
@@ -245,20 +233,11 @@ def encode_classification(
     return {"tokenizer": tok_info, "splits": split_info}
 
 
-ENCODERS.add("classification", encode_classification)
+def _stratify_labels(recipe: Recipe, records: list[Record]) -> list[Any] | None:
+    """The value per record that splits are stratified by (None: not stratified)."""
+    from fine_tune_cli.tasks import task_for
 
-
-def _label_names(recipe: Recipe, records: list[Record]) -> list[str]:
-    if recipe.model.task != "classification":
-        return []
-    counts = Counter(r["label"] for r in records)
-    if len(counts) < 2:
-        only = next(iter(counts), None)
-        raise DataError(
-            f"{recipe.data.source.path}: column '{recipe.data.source.label}' has only one"
-            f" label ({only!r}); classification needs at least two"
-        )
-    return sorted(counts)
+    return task_for(recipe.model).stratify_labels(records) if recipe.data.split.stratify else None
 
 
 def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Record]]:
@@ -297,8 +276,7 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
         else:
             val_idx, test_idx = (rest, rest[:0]) if spec.validation else (rest[:0], rest)
     else:
-        labels = [r["label"] for r in records] if recipe.model.task == "classification" else None
-        stratify = labels if spec.stratify and labels else None
+        stratify = _stratify_labels(recipe, records) or None
         train_idx, rest = _split(index, holdout, stratify, spec.seed)
         if spec.test and spec.validation:
             sub = [stratify[i] for i in rest] if stratify else None
@@ -327,8 +305,7 @@ def _folder_splits(recipe: Recipe, records: list[Record]) -> dict[str, list[Reco
         raise DataError(f"{recipe.data.source.path}: no training examples (train/ folder)")
     if out["validation"] or not spec.validation:
         return out
-    labels = [r["label"] for r in train] if recipe.model.task == "classification" else None
-    stratify = labels if spec.stratify and labels else None
+    stratify = _stratify_labels(recipe, train) or None
     keep, held = _split(np.arange(len(train)), spec.validation, stratify, spec.seed)
     out["train"] = [train[i] for i in sorted(keep)]
     out["validation"] = [train[i] for i in sorted(held)]
@@ -405,5 +382,15 @@ def _encode(
     return ids
 
 
-# The LM and image encoders register themselves on import (they build on the helpers above).
-from fine_tune_cli.data import images, lm  # noqa: E402, F401
+def text_split_from_file(
+    recipe: Recipe, prepared: Any, path: Path
+) -> tuple[PreparedSplit, list[str]]:
+    """`ftc eval --data FILE` for a text classifier: the file through the run's pipeline
+    and tokenizer, with the trained model's label ids (unseen labels are a DataError)."""
+    records, labels = labelled_records_from(recipe, path, prepared.label_names)
+    ids = _encode(prepared.tokenizer, [r["text"] for r in records], recipe.data.max_length)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    split = PreparedSplit(name=path.stem, input_ids=flat, offsets=offsets, labels=labels)
+    return split, [r["text"] for r in records]

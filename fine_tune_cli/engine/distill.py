@@ -6,26 +6,64 @@ It wraps the student's task, so the training loop stays the same loop."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from fine_tune_cli.errors import RecipeError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.tasks.base import Autocast, EvalResult
+    from fine_tune_cli.tasks.classification import ClassificationTask
+
 log = logging.getLogger("ftc")
 
 
 class DistillationTask:
-    def __init__(self, base: Any, teacher: torch.nn.Module, temperature: float, alpha: float):
+    """The student's task with the distillation loss; everything else is the student's."""
+
+    def __init__(
+        self, base: ClassificationTask, teacher: torch.nn.Module, temperature: float, alpha: float
+    ):
         self.base = base
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
         self.unit = base.unit
+        self.primary_metric = base.primary_metric
+        self.not_exportable = base.not_exportable
+        self.generates_samples = base.generates_samples
 
-    def __getattr__(self, name: str) -> Any:  # collate, units, tokens, evaluate, ...
-        return getattr(self.base, name)
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.base.collate(split, indices)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.base.units(batch)
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.base.tokens(batch)
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        split: PreparedSplit,
+        batch_size: int,
+        device: torch.device,
+        autocast: Autocast,
+    ) -> EvalResult:
+        return self.base.evaluate(model, split, batch_size, device, autocast)
+
+    def samples(
+        self, model: torch.nn.Module, split: PreparedSplit, device: torch.device
+    ) -> list[dict[str, Any]]:
+        return self.base.samples(model, split, device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hard = self.base.loss(model, batch)

@@ -27,8 +27,18 @@ class OptimizerEntry:
 
 OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer")
 
-# Parameter-name fragments of task heads (new layers on top of a pretrained body).
-HEAD_MARKERS = ("classifier", "score", "lm_head", "cls.", "decoder.")
+# Prefixes wrappers add to parameter names (DDP, torch.compile, FSDP1); a head is matched
+# on the wrapped model's own top-level module name.
+WRAPPER_PREFIXES = ("module", "_orig_mod", "_fsdp_wrapped_module")
+
+
+def is_head_param(name: str, head_modules: tuple[str, ...]) -> bool:
+    """Whether a parameter belongs to one of the family's declared head modules (by the
+    top-level module name, so a T5 `decoder.` body is never mistaken for a head)."""
+    parts = name.split(".")
+    while len(parts) > 1 and parts[0] in WRAPPER_PREFIXES:
+        parts = parts[1:]
+    return parts[0] in head_modules
 
 
 def _impl_flags(params: list[dict[str, Any]]) -> dict[str, Any]:
@@ -76,14 +86,17 @@ OPTIMIZERS.add("adamw", OptimizerEntry(_adamw, ("betas", "eps")))
 OPTIMIZERS.add("rmsprop", OptimizerEntry(_rmsprop, ("alpha", "eps", "momentum")))
 
 
-def param_groups(model: torch.nn.Module, spec: OptimSpec) -> list[dict[str, Any]]:
-    """Split parameters into (body|head) x (decay|no-decay) groups."""
+def param_groups(
+    model: torch.nn.Module, spec: OptimSpec, head_modules: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Split parameters into (body|head) x (decay|no-decay) groups; heads are the model
+    family's declared `head_modules`."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2 or "norm" in name.lower()
-        is_head = spec.head_lr is not None and any(m in name for m in HEAD_MARKERS)
+        is_head = spec.head_lr is not None and is_head_param(name, head_modules)
         groups.setdefault((is_head, no_decay), []).append(param)
     out = []
     for (is_head, no_decay), params in sorted(groups.items()):
@@ -97,8 +110,10 @@ def param_groups(model: torch.nn.Module, spec: OptimSpec) -> list[dict[str, Any]
     return out
 
 
-def build_optimizer(model: torch.nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
-    groups = param_groups(model, spec)
+def build_optimizer(
+    model: torch.nn.Module, spec: OptimSpec, head_modules: tuple[str, ...]
+) -> torch.optim.Optimizer:
+    groups = param_groups(model, spec, head_modules)
     return OPTIMIZERS.get(spec.name).build(groups, spec, _impl_flags(groups))
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -21,6 +22,10 @@ from fine_tune_cli.runs import (
     recipe_lock_text,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from fine_tune_cli.engine.trainer import TrainResult
+    from fine_tune_cli.tasks.base import TrainingTask
 
 log = logging.getLogger("ftc")
 
@@ -80,35 +85,6 @@ def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) 
     return changed
 
 
-def model_context(recipe: Recipe, prepared: Any) -> Any:
-    from fine_tune_cli.models.registry import BuildContext, resolve_init_dir
-
-    if "images" in prepared.manifest:  # image data: geometry instead of a tokenizer
-        return BuildContext(
-            label_names=tuple(prepared.label_names),
-            image_size=prepared.manifest["images"]["size"],
-            num_channels=prepared.manifest["images"]["channels"],
-            init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
-        )
-    tok = prepared.tokenizer
-    return BuildContext(
-        vocab_size=len(tok),
-        label_names=tuple(prepared.label_names),
-        max_length=recipe.data.max_length,
-        pad_token_id=tok.pad_token_id,
-        special_ids={"eos": tok.eos_token_id} if tok.eos_token_id is not None else {},
-        init_dir=resolve_init_dir(recipe.model.init_from) if recipe.model.init_from else None,
-    )
-
-
-def build_task(recipe: Recipe, prepared: Any) -> Any:
-    from fine_tune_cli.engine.tasks import TASKS
-
-    image = "images" in prepared.manifest  # image tasks: engine/image_tasks.py
-    name = f"image/{recipe.model.task}" if image else recipe.model.task
-    return TASKS.get(name).from_recipe(recipe, prepared)
-
-
 def describe_model(model: torch.nn.Module) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__} with {n / 1e6:.2f}M parameters"
@@ -134,17 +110,216 @@ def no_validation_message(recipe: Recipe) -> str:
     return f"no validation split: {', '.join(lost)}; {how}"
 
 
-def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -> dict[str, Any]:
-    from fine_tune_cli.console import Progress, add_log_file
+def _resume_point(run: RunDir, resume: str | None, is_main: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start, checked and cleaned)."""
+    from fine_tune_cli.engine import checkpoint as ckpt
+
+    resume_from: Path | None = None
+    if resume == "auto":
+        resume_from = ckpt.latest_checkpoint(run.path)
+        if resume_from is None:
+            log.info("--resume auto: no complete checkpoint in %s; starting fresh", run.path)
+    elif resume:
+        resume_from = ckpt.resolve_resume(Path(resume))
+    if resume_from is None and is_main:
+        run.check_fresh_start(overwrite)
+        run.truncate_history(0)  # lines of a killed attempt without a checkpoint
+    return resume_from
+
+
+def _prepared_data(recipe: Recipe, dist: Any) -> tuple[Any, bool]:
+    """Rank 0 prepares (or finds the cache) first; the others then open it."""
     from fine_tune_cli.data.prepare import prepare_dataset
+
+    if dist.is_main:
+        prepared, cached = prepare_dataset(recipe)
+    dist.barrier()
+    if not dist.is_main:
+        prepared, cached = prepare_dataset(recipe)
+    if not len(prepared.splits["train"]):
+        raise DataError(f"{prepared.path}: the train split is empty; nothing to train on")
+    log.info(
+        "data: %s (%s); %s",
+        prepared.path,
+        "cache hit" if cached else "prepared",
+        ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items()),
+    )
+    valid = prepared.splits.get("validation")
+    if valid is None or not len(valid):
+        log.warning(no_validation_message(recipe))
+    return prepared, cached
+
+
+def _load_resume(
+    resume_from: Path | None, recipe: Recipe, prepared: Any, world: int
+) -> tuple[Any, dict[str, Any] | None]:
+    """(weights, saved state) of the checkpoint; refused when the recipe or data changed."""
+    from fine_tune_cli.engine import checkpoint as ckpt
+
+    if resume_from is None:
+        return None, None
+    weights, saved = ckpt.load_checkpoint(resume_from)
+    old = read_recipe_lock(resume_from / RECIPE_LOCK)
+    changed = resume_mismatches(old, recipe, saved["world"], world)
+    if saved["data_hash"] != prepared.hash:
+        changed.append("data (prepared data hash differs)")
+    if changed:
+        raise RecipeError(
+            f"--resume: {resume_from} was trained with a different recipe: " + "; ".join(changed)
+        )
+    return weights, saved
+
+
+def _start_provenance(
+    loaded: LoadedRecipe, prepared: Any, cached: bool, device: Any, world: int, resumed: Any
+) -> dict[str, Any]:
+    from fine_tune_cli.hub import provenance as hub_provenance
+
+    recipe = loaded.recipe
+    return {
+        "status": "running",
+        "started": now(),
+        "recipe_source": loaded.source,
+        "overrides": list(loaded.overrides),
+        "data": {"hash": prepared.hash, "path": str(prepared.path), "cache_hit": cached},
+        "hub": hub_provenance(recipe),  # Hub ids -> resolved commit sha + snapshot dir
+        "device": str(device),
+        "precision": recipe.train.precision,
+        "world_size": world,
+        "resumed_from": str(resumed) if resumed else None,
+        "environment": environment(),
+    }
+
+
+def _model(
+    recipe: Recipe, prepared: Any, weights: Any, resume_from: Path | None, device: Any, dist: Any
+) -> torch.nn.Module:
+    """The family x task model, initialised or restored, on the device and wrapped."""
+    from fine_tune_cli.engine import checkpoint as ckpt
+    from fine_tune_cli.models.registry import build_model, load_info_lines
+    from fine_tune_cli.tasks import task_for
+
+    ctx = task_for(recipe.model).build_context(recipe, prepared)
+    model = build_model(recipe.model, ctx)
+    log.info("model: %s", describe_model(model))
+    if ctx.init_dir is not None:
+        log.info("initialised from %s", ctx.init_dir)
+        for line in load_info_lines(getattr(model, "ftc_loading_info", {})):
+            log.info("  %s", line)
+    if weights is not None:
+        ckpt.restore_weights(model, weights, resume_from)  # saved names may differ
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(device)
+    model = dist.wrap(model, device)
+    if recipe.train.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _task(recipe: Recipe, prepared: Any, device: Any) -> TrainingTask:
+    """The recipe's task, wrapped for distillation when the recipe asks for it."""
+    from fine_tune_cli.tasks import task_for
+
+    task = task_for(recipe.model).from_recipe(recipe, prepared)
+    if recipe.train.distill:
+        from fine_tune_cli.engine.distill import DistillationTask, load_teacher
+
+        spec = recipe.train.distill
+        teacher = load_teacher(recipe, prepared, device)
+        task = DistillationTask(task, teacher, spec.temperature, spec.alpha)
+    return task
+
+
+def _best_saver(
+    recipe: Recipe, prepared: Any, run: RunDir, model: torch.nn.Module, dist: Any
+) -> Callable[[int, dict[str, float]], None]:
+    """save_best for the loop: best/ as an HF model dir with its tokenizer or processor."""
     from fine_tune_cli.data.tokenizers import for_model_dir
     from fine_tune_cli.engine import checkpoint as ckpt
-    from fine_tune_cli.engine.distributed import Dist
+
+    recipe_yaml = dump_recipe(recipe)
+    # tokenizer (model_max_length = data.max_length, for pipelines), or image processor
+    processor = for_model_dir(prepared.processor, recipe.data.max_length)
+
+    def save_best(step: int, metrics: dict[str, float]) -> None:
+        """Called on every rank: under FSDP gathering the weights is a collective."""
+        weights = dist.full_model_state(model)
+        if not dist.is_main:
+            return
+        ckpt.save_model_dir(
+            run.best,
+            model,
+            processor,
+            weights,
+            step=step,
+            metrics=metrics,
+            data_hash=prepared.hash,
+            recipe=yaml.safe_load(recipe_yaml),
+        )
+
+    return save_best
+
+
+def _train(
+    recipe: Recipe, prepared: Any, run: RunDir, dist: Any, device: Any, precision: Any, resume: Any
+) -> TrainResult:
+    """Model, optimizer, schedule, state (restored on resume), then the loop."""
+    from fine_tune_cli.console import Progress
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
-    from fine_tune_cli.engine.runtime import Precision, pick_device, seed_everything, set_rng_state
-    from fine_tune_cli.engine.trainer import TrainerState, fit, total_steps
-    from fine_tune_cli.hub import provenance as hub_provenance
-    from fine_tune_cli.models.registry import build_model, load_info_lines
+    from fine_tune_cli.engine.runtime import seed_everything, set_rng_state
+    from fine_tune_cli.engine.trainer import TrainerState, Training, fit, total_steps
+    from fine_tune_cli.models.registry import FAMILIES
+
+    resume_from, weights, saved = resume
+    seed_everything(recipe.train.seed)
+    model = _model(recipe, prepared, weights, resume_from, device, dist)
+    heads = FAMILIES.get(recipe.model.family).head_modules
+    optimizer = build_optimizer(model, recipe.optim, heads)
+    steps = total_steps(recipe, len(prepared.splits["train"]), dist.world)
+    schedule = Schedule(optimizer, recipe.schedule, steps)
+    state = TrainerState()
+    if saved is not None:
+        dist.load_optimizer_state(model, optimizer, saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        precision.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        state = TrainerState(**saved["trainer"])
+        if dist.is_main:
+            run.truncate_history(state.step)
+        log.info("resumed from %s at step %d", resume_from, state.step)
+    task = _task(recipe, prepared, device)
+    save_best = _best_saver(recipe, prepared, run, model, dist)
+    progress = Progress(steps, state.step)
+    try:
+        training = Training(
+            recipe=recipe,
+            model=model,
+            task=task,
+            train=prepared.splits["train"],
+            valid=prepared.splits.get("validation"),
+            optimizer=optimizer,
+            schedule=schedule,
+            precision=precision,
+            device=device,
+            run=run,
+            dist=dist,
+            save_best=save_best,
+            progress=progress,
+            extra_state={"world": dist.world, "data_hash": prepared.hash},
+        )
+        result = fit(training, state)
+    finally:
+        progress.close()
+    if result.state.best_step is None:
+        save_best(result.state.step, {})  # no validation split: the last model is best
+    return result
+
+
+def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -> dict[str, Any]:
+    from fine_tune_cli.console import add_log_file
+    from fine_tune_cli.engine.distributed import Dist
+    from fine_tune_cli.engine.runtime import Precision, pick_device
     from fine_tune_cli.optional import require
 
     recipe = loaded.recipe
@@ -161,144 +336,22 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     if dist.is_main:
         run.acquire()
     try:
-        resume_from: Path | None = None
-        if resume == "auto":
-            resume_from = ckpt.latest_checkpoint(run.path)
-            if resume_from is None:
-                log.info("--resume auto: no complete checkpoint in %s; starting fresh", run.path)
-        elif resume:
-            resume_from = ckpt.resolve_resume(Path(resume))
-        if resume_from is None and dist.is_main:
-            run.check_fresh_start(overwrite)
-            run.truncate_history(0)  # lines of a killed attempt without a checkpoint
-        if dist.is_main:
-            prepared, cached = prepare_dataset(recipe)
-        dist.barrier()
-        if not dist.is_main:
-            prepared, cached = prepare_dataset(recipe)
-        if not len(prepared.splits["train"]):
-            raise DataError(f"{prepared.path}: the train split is empty; nothing to train on")
-        log.info(
-            "data: %s (%s); %s",
-            prepared.path,
-            "cache hit" if cached else "prepared",
-            ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items()),
-        )
-        valid = prepared.splits.get("validation")
-        if valid is None or not len(valid):
-            log.warning(no_validation_message(recipe))
-        weights = saved = None
-        if resume_from is not None:
-            weights, saved = ckpt.load_checkpoint(resume_from)
-            old = read_recipe_lock(resume_from / RECIPE_LOCK)
-            changed = resume_mismatches(old, recipe, saved["world"], dist.world)
-            if saved["data_hash"] != prepared.hash:
-                changed.append("data (prepared data hash differs)")
-            if changed:
-                raise RecipeError(
-                    f"--resume: {resume_from} was trained with a different recipe: "
-                    + "; ".join(changed)
-                )
+        resume_from = _resume_point(run, resume, dist.is_main, overwrite)
+        prepared, cached = _prepared_data(recipe, dist)
+        weights, saved = _load_resume(resume_from, recipe, prepared, dist.world)
         if dist.is_main:
             (run.path / RECIPE_LOCK).write_text(recipe_lock_text(recipe))
             handler = add_log_file(run.path / "train.log")
-            provenance = {
-                "status": "running",
-                "started": now(),
-                "recipe_source": loaded.source,
-                "overrides": list(loaded.overrides),
-                "data": {"hash": prepared.hash, "path": str(prepared.path), "cache_hit": cached},
-                "hub": hub_provenance(recipe),  # Hub ids -> resolved commit sha + snapshot dir
-                "device": str(device),
-                "precision": recipe.train.precision,
-                "world_size": dist.world,
-                "resumed_from": str(resume_from) if resume_from else None,
-                "environment": environment(),
-            }
+            provenance = _start_provenance(
+                loaded, prepared, cached, device, dist.world, resume_from
+            )
             write_json_atomic(run.provenance_file, provenance)
             owns_provenance = True
             if recipe.log.tensorboard:
                 run.enable_tensorboard()
-
-        seed_everything(recipe.train.seed)
-        ctx = model_context(recipe, prepared)
-        model = build_model(recipe.model, ctx)
-        log.info("model: %s", describe_model(model))
-        if ctx.init_dir is not None:
-            log.info("initialised from %s", ctx.init_dir)
-            for line in load_info_lines(getattr(model, "ftc_loading_info", {})):
-                log.info("  %s", line)
-        if weights is not None:
-            ckpt.restore_weights(model, weights, resume_from)  # saved names may differ
-        if recipe.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.to(device)
-        model = dist.wrap(model, device)
-        if recipe.train.compile:
-            model = torch.compile(model)
-        optimizer = build_optimizer(model, recipe.optim)
-        steps = total_steps(recipe, len(prepared.splits["train"]), dist.world)
-        schedule = Schedule(optimizer, recipe.schedule, steps)
-        state = TrainerState()
-        if saved is not None:
-            dist.load_optimizer_state(model, optimizer, saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            precision.load_state_dict(saved["scaler"])
-            set_rng_state(saved["rng"])
-            state = TrainerState(**saved["trainer"])
-            if dist.is_main:
-                run.truncate_history(state.step)
-            log.info("resumed from %s at step %d", resume_from, state.step)
-        task = build_task(recipe, prepared)
-        if recipe.train.distill:
-            from fine_tune_cli.engine.distill import DistillationTask, load_teacher
-
-            spec = recipe.train.distill
-            teacher = load_teacher(recipe, prepared, device)
-            task = DistillationTask(task, teacher, spec.temperature, spec.alpha)
-        recipe_yaml = dump_recipe(recipe)
-        # tokenizer (model_max_length = data.max_length, for pipelines), or image processor
-        processor = for_model_dir(prepared.processor, recipe.data.max_length)
-
-        def save_best(step: int, metrics: dict[str, float]) -> None:
-            """Called on every rank: under FSDP gathering the weights is a collective."""
-            weights = dist.full_model_state(model)
-            if not dist.is_main:
-                return
-            ckpt.save_model_dir(
-                run.best,
-                model,
-                processor,
-                weights,
-                step=step,
-                metrics=metrics,
-                data_hash=prepared.hash,
-                recipe=yaml.safe_load(recipe_yaml),
-            )
-
-        progress = Progress(steps, state.step)
-        try:
-            result = fit(
-                recipe=recipe,
-                model=model,
-                task=task,
-                train=prepared.splits["train"],
-                valid=prepared.splits.get("validation"),
-                optimizer=optimizer,
-                schedule=schedule,
-                precision=precision,
-                device=device,
-                run=run,
-                dist=dist,
-                save_best=save_best,
-                state=state,
-                progress=progress,
-                extra_state={"world": dist.world, "data_hash": prepared.hash},
-            )
-        finally:
-            progress.close()
-        if result.state.best_step is None:
-            save_best(result.state.step, {})  # no validation split: the last model is best
+        result = _train(
+            recipe, prepared, run, dist, device, precision, (resume_from, weights, saved)
+        )
         summary = {
             "steps": result.state.step,
             "epochs": result.state.epoch,

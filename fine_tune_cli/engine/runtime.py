@@ -129,3 +129,11 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on the device."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    # Pinned host memory lets the copy overlap with compute (non_blocking).
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

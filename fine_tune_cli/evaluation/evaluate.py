@@ -29,25 +29,6 @@ def parse_gates(items: list[str]) -> dict[str, float]:
     return gates
 
 
-def _split_from_file(target: Target, prepared: Any, data_file: Path) -> Any:
-    """Run a new file through the run's pipeline and tokenizer (labels must be known)."""
-    from fine_tune_cli.data.prepare import _encode, labelled_records_from
-    from fine_tune_cli.data.store import PreparedSplit
-
-    if "images" in prepared.manifest:  # an image folder, manifest or npz
-        from fine_tune_cli.data.images import image_split_from_source
-
-        return image_split_from_source(target.recipe, prepared, data_file)
-    records, labels = labelled_records_from(target.recipe, data_file, prepared.label_names)
-    max_length = target.recipe.data.max_length
-    ids = _encode(prepared.tokenizer, [r["text"] for r in records], max_length)
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
-    split = PreparedSplit(name=data_file.stem, input_ids=flat, offsets=offsets, labels=labels)
-    return split, [r["text"] for r in records]
-
-
 def evaluate_target(
     target_path: str,
     *,
@@ -55,19 +36,21 @@ def evaluate_target(
     data_file: str | None,
     batch_size: int | None = None,
 ) -> tuple[Target, str, dict[str, Any], dict[str, Any], list[str]]:
-    from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.engine.runtime import Precision, pick_device
+    from fine_tune_cli.tasks import task_for
 
     target = resolve_target(target_path)
     recipe = target.recipe
+    kind = task_for(recipe.model)
     prepared = prepared_for(target)
     if data_file:
-        if recipe.model.task != "classification":
+        if not kind.evaluates_new_files:
             raise RecipeError("--data: only classification runs can evaluate a new file")
         path = Path(data_file)
         if not path.exists():  # a file, or an image folder
             raise DataError(f"{path}: --data file not found")
-        data, texts = _split_from_file(target, prepared, path)
+        # A new file through the run's pipeline and tokenizer (labels must be known).
+        data, texts = kind.split_from_file(recipe, prepared, path)
         split_name = path.stem
     else:
         split_name = split or prepared.default_eval_split()
@@ -78,11 +61,11 @@ def evaluate_target(
         texts = data.texts(prepared.path)
     device = pick_device(recipe.train.device)
     model = load_model(target).to(device)
-    task = build_task(recipe, prepared)
+    task = kind.from_recipe(recipe, prepared)
     bs = batch_size or recipe.train.eval_batch_size or 2 * recipe.train.batch_size
     precision = Precision(recipe.train.precision, device)
     result = task.evaluate(model, data, bs, device, precision.autocast)
-    if hasattr(task, "samples"):  # generative tasks: show what was learned
+    if task.generates_samples:  # generative tasks: show what was learned
         result.details["samples"] = task.samples(model, data, device)
     return target, split_name, result.metrics, result.details, texts
 
@@ -173,12 +156,14 @@ def run_eval(
 
 
 def _labels(target: Target) -> list[str]:
+    """The model's label names for the report (none for tasks without labels, whose
+    configs still carry transformers' default id2label)."""
     import json
 
+    from fine_tune_cli.tasks import task_for
+
+    if not task_for(target.recipe.model).needs_labels:
+        return []
     config = json.loads((target.model_dir / "config.json").read_text())
     id2label = config.get("id2label") or {}
-    return (
-        [id2label[str(i)] for i in range(len(id2label))]
-        if target.recipe.model.task == "classification"
-        else []
-    )
+    return [id2label[str(i)] for i in range(len(id2label))]

@@ -32,7 +32,6 @@ from fine_tune_cli.export.onnx import MODEL_FILE, REQUIRES, export_onnx, onnx_ru
 from fine_tune_cli.optional import require
 
 SPARSITY_REPORT = "sparsity.json"
-HEAD_NAMES = {"classifier", "score"}  # task heads stay dense (few weights, all decisive)
 
 
 # --------------------------------------------------------------------------- int8
@@ -71,9 +70,12 @@ def load_int8(root: Path, artefact: dict[str, Any], recipe: Any) -> RunFn:
 
 
 # --------------------------------------------------------------------------- pruned
-def prunable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def prunable(
+    model: torch.nn.Module, head_modules: tuple[str, ...]
+) -> list[tuple[str, torch.nn.Module]]:
     """Linear (and GPT-2 Conv1D) layers of the body. Embeddings, norms, biases, the task
-    head and weights tied to the embeddings (an LM head) stay dense."""
+    head (the family's `head_modules`: few weights, all decisive) and weights tied to the
+    embeddings (an LM head) stay dense."""
     from transformers.pytorch_utils import Conv1D
 
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
@@ -83,7 +85,7 @@ def prunable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear | Conv1D) or module is lm_head:
             continue
-        if name.rsplit(".", 1)[-1] in HEAD_NAMES or uses[id(module.weight)] > 1:
+        if name.split(".", 1)[0] in head_modules or uses[id(module.weight)] > 1:
             continue
         found.append((name, module))
     return found
@@ -109,6 +111,7 @@ def recover(model: torch.nn.Module, ctx: ExportContext, steps: int, lr: float) -
     zero): the recipe's optimizer and batch size, a lower LR decaying linearly to 0."""
     from fine_tune_cli.data.batching import epoch_order
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
+    from fine_tune_cli.models.registry import FAMILIES
     from fine_tune_cli.recipe import ScheduleSpec
 
     recipe = ctx.recipe
@@ -116,7 +119,9 @@ def recover(model: torch.nn.Module, ctx: ExportContext, steps: int, lr: float) -
     scale = lr / recipe.optim.lr
     head_lr = recipe.optim.head_lr * scale if recipe.optim.head_lr else None
     optimizer = build_optimizer(
-        model, recipe.optim.model_copy(update={"lr": lr, "head_lr": head_lr})
+        model,
+        recipe.optim.model_copy(update={"lr": lr, "head_lr": head_lr}),
+        FAMILIES.get(recipe.model.family).head_modules,
     )
     schedule = Schedule(optimizer, ScheduleSpec(name="linear"), steps)
     torch.manual_seed(recipe.train.seed)
@@ -174,9 +179,11 @@ def write_pruned(ctx: ExportContext, out: Path) -> dict[str, Any]:
     (prune.remove) and save an HF dir; a sparsity report goes beside it."""
     import torch.nn.utils.prune as prune
 
+    from fine_tune_cli.models.registry import FAMILIES
+
     spec = ctx.spec
     model = copy.deepcopy(ctx.model)
-    layers = prunable(model)
+    layers = prunable(model, FAMILIES.get(ctx.recipe.model.family).head_modules)
     if not layers:
         from fine_tune_cli.errors import RecipeError
 

@@ -41,9 +41,8 @@ def resolve_model_dir(path: Path) -> Path:
 
 
 def load_exported(path: Path) -> LoadedModel:
-    from fine_tune_cli.data.tokenizers import load_tokenizer
     from fine_tune_cli.export.formats import EXPORTERS
-    from fine_tune_cli.models.registry import FAMILIES
+    from fine_tune_cli.tasks import task_for
 
     root = resolve_model_dir(path)
     manifest = verify_manifest(root)  # before anything is read from the files
@@ -60,13 +59,12 @@ def load_exported(path: Path) -> LoadedModel:
     if fmt not in EXPORTERS:
         raise RecipeError(f"{root}: {EXPORTERS.unknown_message(fmt)}")
     artefact = manifest.get("artefact") or {"file": "model.safetensors"}
-    images = FAMILIES.get(recipe.model.family).tokenizer_kind is None
     return LoadedModel(
         root=root,
         format=fmt,
         recipe=recipe,
         labels=list(manifest.get("labels") or _config_labels(root)),
-        tokenizer=None if images else load_tokenizer(root),
+        tokenizer=task_for(recipe.model).saved_tokenizer(root),
         run=EXPORTERS.get(fmt).load(root, artefact, recipe),
         manifest=manifest,
     )

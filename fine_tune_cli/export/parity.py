@@ -17,11 +17,6 @@ from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.export.base import LABEL_KEYS, RunFn, RunnerModule, input_names
 from fine_tune_cli.recipe import LOWER_IS_BETTER, ExportSpec
 
-# The gated metric: the first of these the task reports. Language models are gated on
-# their eval loss, not perplexity: a drop of 0.01 nats is a 1% perplexity rise at any
-# perplexity, where an absolute perplexity tolerance would mean nothing.
-PRIMARY_METRICS = ("accuracy", "mlm_accuracy", "loss")
-
 
 def parity_split(prepared: Any, samples: int, seed: int = 0) -> PreparedSplit:
     """A seeded random sample of `samples` validation examples (else test, else train).
@@ -113,7 +108,8 @@ def compare(
             task.evaluate(paired, split, batch_size, cpu, contextlib.nullcontext).metrics
         )
     d = np.concatenate(paired.diffs)
-    metric = next((m for m in PRIMARY_METRICS if m in ref_metrics), None)
+    # The gated metric is the task's primary one (language models: the eval loss).
+    metric = task.primary_metric if task.primary_metric in ref_metrics else None
     drop = 0.0
     if metric is not None:
         delta = got_metrics[metric] - ref_metrics[metric]

@@ -61,13 +61,13 @@ def run_export(
     target_path: str, *, fmt: str, out: str | None, overrides: list[str], overwrite: bool
 ) -> dict[str, Any]:
     from fine_tune_cli.data.tokenizers import for_model_dir
-    from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.export import DEPRECATED_FORMATS
     from fine_tune_cli.export import parity as P
     from fine_tune_cli.export.base import output_names
     from fine_tune_cli.export.formats import EXPORTERS, ExportContext
     from fine_tune_cli.manifest import fsync_tree, write_manifest
     from fine_tune_cli.optional import require_all
+    from fine_tune_cli.tasks import task_for
 
     out_name = fmt  # the default --out keeps the name asked for (scripts' paths stay valid)
     if fmt in DEPRECATED_FORMATS:
@@ -91,10 +91,11 @@ def run_export(
     out_dir = Path(out) if out else base / "export" / out_name
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConflictError(f"{out_dir}: output dir is not empty; pass --overwrite or --out")
+    kind = task_for(target.recipe.model)
+    if kind.not_exportable:  # e.g. mim: a pretraining model, no logits
+        raise RecipeError(f"{target_path}: {kind.not_exportable}")
     prepared = prepared_for(target)
-    task = build_task(target.recipe, prepared)
-    if getattr(task, "not_exportable", None):  # e.g. mim: a pretraining model, no logits
-        raise RecipeError(f"{target_path}: {task.not_exportable}")
+    task = kind.from_recipe(target.recipe, prepared)
     model = load_model(target)
     split = P.parity_split(prepared, spec.parity_samples)
     batch_size = target.recipe.train.eval_batch_size or 2 * target.recipe.train.batch_size
@@ -102,7 +103,7 @@ def run_export(
     ctx = ExportContext(
         model=model,
         tokenizer=for_model_dir(
-            _tokenizer(target.model_dir, prepared), target.recipe.data.max_length
+            kind.client_processor(target.model_dir, prepared), target.recipe.data.max_length
         ),
         recipe=target.recipe,
         spec=spec,
@@ -184,18 +185,6 @@ def run_export(
         "outputs": {"dir": str(out_dir), "manifest": str(out_dir / "manifest.json")},
         "bytes": sizes["export_bytes"],
     }
-
-
-def _tokenizer(model_dir: Path, prepared: Any) -> Any:
-    """The tokenizer saved with the model (what it was trained with); a checkpoint has
-    none, so the prepared data's."""
-    from fine_tune_cli.data.tokenizers import load_tokenizer
-
-    if "images" in prepared.manifest:  # image data: the image processor (preprocessor_config)
-        return prepared.processor
-    if (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file():
-        return load_tokenizer(model_dir)
-    return prepared.tokenizer
 
 
 def _pair(a: float | None, b: float | None) -> str:

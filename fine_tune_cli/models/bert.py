@@ -40,6 +40,8 @@ register_family(
             },
         },
         tokenizer_kind="wordpiece",
+        modality="text",
+        head_modules=("classifier", "cls"),
     )
 )
 

@@ -39,6 +39,8 @@ register_family(
             },
         },
         tokenizer_kind="bpe",
+        modality="text",
+        head_modules=("score", "lm_head"),
     )
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.registry import Registry
@@ -25,6 +25,10 @@ class Family:
     name: str
     presets: dict[str, dict[str, int]]
     tokenizer_kind: str | None  # trained tokenizer kind; None for image families
+    modality: Literal["text", "image"]  # picks the task of a recipe's model.task
+    # Top-level modules of the family's task heads (layers on top of the pretrained body):
+    # they get optim.head_lr and stay dense when pruning.
+    head_modules: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ register_family(
             },
         },
         tokenizer_kind=None,  # an image family: the data is encoded by an image processor
+        modality="image",
+        head_modules=("classifier", "decoder"),
     )
 )
 

@@ -129,7 +129,7 @@ def test_compiled_model_trains_and_saves_unwrapped_weights(ftc) -> None:
 
 # --------------------------------------------------------------------------- transfer
 def test_to_device_copies_through_pinned_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fine_tune_cli.engine.tasks import to_device
+    from fine_tune_cli.engine.runtime import to_device
 
     pinned: list[bool] = []
     original = torch.Tensor.pin_memory

@@ -351,8 +351,8 @@ def test_parity_compare_leaves_the_torch_model_in_eval_mode() -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
     from fine_tune_cli.data.store import PreparedSplit
-    from fine_tune_cli.engine.tasks import ClassificationTask
     from fine_tune_cli.export.parity import compare, latency
+    from fine_tune_cli.tasks.classification import ClassificationTask
 
     torch.manual_seed(0)
     config = BertConfig(

@@ -132,16 +132,16 @@ def test_chained_classifier_starts_from_the_mlm_weights(
     from safetensors.torch import load_file
 
     from fine_tune_cli.data.prepare import prepare_dataset
-    from fine_tune_cli.engine.run import model_context
     from fine_tune_cli.models.registry import build_model
     from fine_tune_cli.recipe import load_recipe
+    from fine_tune_cli.tasks import task_for
 
     run = mlm_run[1]
     recipe = load_recipe(
         classification_recipe(tmp_path / "cls.yaml", "bert", "bert-cls", str(run))
     ).recipe
     prepared, _ = prepare_dataset(recipe)
-    ctx = model_context(recipe, prepared)
+    ctx = task_for(recipe.model).build_context(recipe, prepared)
     assert ctx.init_dir == run / "best"
     assert ctx.label_names == ("ham", "spam")
     model = build_model(recipe.model, ctx)

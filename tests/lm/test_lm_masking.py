@@ -37,10 +37,10 @@ def batch(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _task(tokenizer: Any, seed: int = 0, **mlm: Any) -> Any:
-    from fine_tune_cli.engine.lm_tasks import MaskedLMTask
     from fine_tune_cli.recipe import MLMSpec
+    from fine_tune_cli.tasks.mlm import MaskedLMTask
 
-    return MaskedLMTask(tokenizer, MLMSpec(**mlm), seed=seed, nsp=False)
+    return MaskedLMTask(tokenizer, MLMSpec(**mlm), seed=seed)
 
 
 def _special_mask(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:

@@ -172,12 +172,12 @@ def test_batch_without_a_masked_token_has_a_finite_loss() -> None:
     from transformers import BertConfig, BertForPreTraining
 
     from fine_tune_cli.data.tokenizers import train_tokenizer
-    from fine_tune_cli.engine.lm_tasks import MaskedLMTask
     from fine_tune_cli.recipe import MLMSpec
+    from fine_tune_cli.tasks.mlm_nsp import MaskedLMNextSentenceTask
 
     docs = email_line_groups(20)
     tok = train_tokenizer("wordpiece", [s for d in docs for s in d], 300, 2, True)
-    task = MaskedLMTask(tok, MLMSpec(), seed=0, nsp=True)
+    task = MaskedLMNextSentenceTask(tok, MLMSpec(), seed=0)
     config = BertConfig(
         vocab_size=len(tok),
         hidden_size=32,

@@ -96,8 +96,8 @@ def test_normalize_needs_both_or_neither():
 def _task(ftc, *overrides: str):
     """The training task of vit-digits (prepared through the CLI) and its train split."""
     from fine_tune_cli.data.prepare import prepare_dataset
-    from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.recipe import load_recipe
+    from fine_tune_cli.tasks import build_task
 
     args = ["vit-digits", "data.source.limit=200", *overrides]
     assert ftc("prepare", *args).code == 0

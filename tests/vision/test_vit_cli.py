@@ -110,8 +110,8 @@ def test_other_images_train_through_the_same_recipe(ftc, isolated: Path, folder2
 
 def test_mim_masks_follow_the_ratio(ftc, isolated: Path):
     from fine_tune_cli.data.prepare import prepare_dataset
-    from fine_tune_cli.engine.run import build_task
     from fine_tune_cli.recipe import load_recipe
+    from fine_tune_cli.tasks import build_task
 
     args = ["data.source.limit=120", "mim.mask_ratio=0.25", "mim.mask_patch_size=4"]
     payload = train(ftc, "vit-mim-digits", *args, "train.run_dir=runs/mim")

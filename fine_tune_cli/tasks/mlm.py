@@ -1,4 +1,4 @@
-"""Language-model tasks: BERT masked LM (+ next-sentence prediction) and GPT-2 causal LM.
+"""BERT masked language modelling on packed blocks of the corpus.
 
 Masks are drawn per batch from a generator seeded by the run seed and the batch's sample
 indices, so masking is dynamic (differs across epochs) yet exactly reproducible on resume.
@@ -7,35 +7,45 @@ indices, so masking is dynamic (differs across epochs) yet exactly reproducible 
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fine_tune_cli.data.batching import pad_batch
-from fine_tune_cli.data.store import PreparedSplit
-from fine_tune_cli.engine.tasks import TASKS, EvalResult, batches_in_eval_mode
 from fine_tune_cli.evaluation.metrics import lm_metrics
+from fine_tune_cli.tasks.base import Autocast, EvalResult, batches_in_eval_mode, register_task
+from fine_tune_cli.tasks.modality import TextTask
+
+if TYPE_CHECKING:
+    from fine_tune_cli.data.steps import Record
+    from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.recipe import Recipe
 
 
-def _batch_generator(seed: int, indices: np.ndarray) -> torch.Generator:
+def batch_generator(seed: int, indices: np.ndarray) -> torch.Generator:
     digest = zlib.crc32(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return torch.Generator().manual_seed(seed * 1_000_003 + digest)
 
 
-class MaskedLMTask:
+@register_task
+class MaskedLMTask(TextTask):
     """BERT MLM: 15% of non-special tokens selected (80% [MASK], 10% random, 10% kept)."""
 
+    name = "mlm"
+    recipe_task = "mlm"
     unit = "masked tokens"
+    primary_metric = "mlm_accuracy"
+    nsp = False  # mlm_nsp adds next-sentence prediction
 
-    def __init__(self, tokenizer: Any, spec: Any, seed: int, nsp: bool):
+    def __init__(self, tokenizer: Any, spec: Any, seed: int):
         self.pad_id = tokenizer.pad_token_id
         self.mask_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
         self.spec = spec
         self.seed = seed
-        self.nsp = nsp
         special = torch.zeros(self.vocab_size, dtype=torch.bool)
         special[list(tokenizer.all_special_ids)] = True
         self.special = special
@@ -47,12 +57,20 @@ class MaskedLMTask:
         self.continuation = continuation
 
     @classmethod
-    def from_recipe(cls, recipe: Any, prepared: Any) -> MaskedLMTask:
-        return cls(
-            prepared.tokenizer, recipe.mlm, recipe.train.seed, recipe.model.task == "mlm_nsp"
-        )
+    def encode(
+        cls, recipe: Recipe, splits: dict[str, list[Record]], labels: list[str], out: Path
+    ) -> dict[str, Any]:
+        from fine_tune_cli.data.lm import encode_mlm
 
-    def mask(self, ids: torch.Tensor, attention: torch.Tensor, gen: torch.Generator):
+        return encode_mlm(recipe, splits, labels, out)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, prepared: Any) -> MaskedLMTask:
+        return cls(prepared.tokenizer, recipe.mlm, recipe.train.seed)
+
+    def mask(
+        self, ids: torch.Tensor, attention: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input ids, labels with -100 where nothing is predicted)."""
         spec = self.spec
         candidates = (~self.special[ids]) & attention.bool()
@@ -82,7 +100,7 @@ class MaskedLMTask:
     def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
         batch = pad_batch(split, indices, self.pad_id)
         nsp_labels = batch.pop("labels", None)
-        gen = _batch_generator(self.seed, indices)
+        gen = batch_generator(self.seed, indices)
         batch["input_ids"], batch["labels"] = self.mask(
             batch["input_ids"], batch["attention_mask"], gen
         )
@@ -102,7 +120,9 @@ class MaskedLMTask:
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
 
-    def outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    def outputs(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "next_sentence_label")}
         out = model(**inputs)
         logits = out.prediction_logits if self.nsp else out.logits
@@ -122,7 +142,12 @@ class MaskedLMTask:
 
     @torch.no_grad()
     def evaluate(
-        self, model, split: PreparedSplit, batch_size: int, device, autocast
+        self,
+        model: torch.nn.Module,
+        split: PreparedSplit,
+        batch_size: int,
+        device: torch.device,
+        autocast: Autocast,
     ) -> EvalResult:
         loss_sum, count, correct, nsp_correct, nsp_loss, n = 0.0, 0, 0, 0, 0.0, 0
         for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
@@ -144,92 +169,3 @@ class MaskedLMTask:
             metrics["nsp_loss"] = nsp_loss / n
             metrics["loss"] = metrics["loss"] + metrics["nsp_loss"]
         return EvalResult(metrics)
-
-
-class CausalLMTask:
-    """GPT-2 next-token prediction on packed blocks (no padding inside a block)."""
-
-    unit = "tokens"
-
-    def __init__(self, tokenizer: Any, generate: Any, seed: int):
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        self.generate_spec = generate
-        self.seed = seed
-
-    @classmethod
-    def from_recipe(cls, recipe: Any, prepared: Any) -> CausalLMTask:
-        return cls(prepared.tokenizer, recipe.generate, recipe.train.seed)
-
-    def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        batch = pad_batch(split, indices, self.pad_id)
-        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        return batch
-
-    def units(self, batch: dict[str, torch.Tensor]) -> int:
-        return max(1, int((batch["labels"][:, 1:] != -100).sum()))
-
-    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["attention_mask"].sum())
-
-    def _token_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shift_logits = logits[:, :-1].float()
-        target = batch["labels"][:, 1:]
-        return shift_logits, target
-
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits, target = self._token_losses(model, batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-
-    @torch.no_grad()
-    def evaluate(
-        self, model, split: PreparedSplit, batch_size: int, device, autocast
-    ) -> EvalResult:
-        loss_sum, count = 0.0, 0
-        for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
-            with autocast():
-                logits, target = self._token_losses(model, batch)
-            loss_sum += float(
-                F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
-                )
-            )
-            count += int((target != -100).sum())
-        return EvalResult(lm_metrics(loss_sum, count))
-
-    @torch.no_grad()
-    def samples(self, model, split: PreparedSplit, device) -> list[dict[str, Any]]:
-        """Greedy and top-k continuations of held-out prompts (fixed seed)."""
-        spec = self.generate_spec
-        out: list[dict[str, Any]] = []
-        if not len(split) or not spec.samples:
-            return out
-        picks = np.linspace(0, len(split) - 1, num=min(spec.samples, len(split))).astype(int)
-        for i in picks:
-            prompt = (
-                torch.as_tensor(
-                    np.asarray(split.example(int(i))[: spec.prompt_tokens], dtype=np.int64)
-                )
-                .unsqueeze(0)
-                .to(device)
-            )
-            prompt_text = self.tokenizer.decode(prompt[0])
-            for mode in ("greedy", f"top-{spec.top_k}"):
-                torch.manual_seed(self.seed + int(i))  # generate() samples from the global RNG
-                ids = model.generate(
-                    prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=spec.max_new_tokens,
-                    do_sample=mode != "greedy",
-                    top_k=spec.top_k if mode != "greedy" else None,
-                    pad_token_id=self.pad_id,
-                )
-                text = self.tokenizer.decode(ids[0, prompt.shape[1] :])
-                out.append({"text": prompt_text, "decoding": mode, "continuation": text})
-        return out
-
-
-TASKS.add("mlm", MaskedLMTask)
-TASKS.add("mlm_nsp", MaskedLMTask)
-TASKS.add("clm", CausalLMTask)
