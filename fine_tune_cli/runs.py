@@ -1,9 +1,11 @@
-"""Run directories: layout, the lock, recipe.lock.yaml, provenance and metrics.jsonl.
+"""Run directories: layout, the one "what is this path" resolver, the lock,
+recipe.lock.yaml, provenance and metrics.jsonl.
 
 ```
 runs/<name>/ recipe.lock.yaml provenance.json metrics.jsonl train.log .lock
              checkpoints/step-000200/  best/  eval/<split>/  export/<format>/
 ```
+Only this module spells that layout; other modules use its names and `inspect_path`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fine_tune_cli import formats
 from fine_tune_cli.errors import ConflictError, OutputError, RecipeError
@@ -32,6 +35,80 @@ METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+EVAL = "eval"
+EXPORT = "export"
+STEP_PREFIX = "step-"
+COMPLETE = "COMPLETE"  # written last into a checkpoint: its presence means complete
+MODEL_CONFIG = "config.json"  # an HF model dir (best/, a checkpoint, most exports)
+MANIFEST = "manifest.json"  # sha256 of every file (best/, checkpoints, exports)
+
+
+def step_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """A run dir's complete checkpoints, oldest first."""
+    return sorted(p.parent for p in (run_dir / CHECKPOINTS).glob(f"{STEP_PREFIX}*/{COMPLETE}"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+PathKind = Literal["missing", "run", "checkpoint", "model", "other"]
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What a path given on the command line or in a recipe points at.
+
+    run: a run dir (recipe.lock.yaml, no config.json); checkpoint: a checkpoint dir
+    (both); model: best/, an export or any HF model dir (config.json or manifest.json);
+    other: an existing dir that is none of these."""
+
+    path: Path
+    kind: PathKind
+    has_manifest: bool
+    best: Path | None  # a run dir's best/ when it holds a model
+    latest: Path | None  # a run dir's newest complete checkpoint
+
+    @property
+    def run(self) -> Path | None:
+        """The run dir the path is or lies in (checkpoints: checkpoints/step-N/)."""
+        if self.kind == "run":
+            return self.path
+        if self.kind == "checkpoint":
+            return self.path.parent.parent
+        return None
+
+
+def inspect_path(path: str | Path) -> PathInfo:
+    """The one resolver of "what does this path point at"; callers (eval/export targets,
+    predict's model dir, model.init_from, --resume) apply their own rules to it."""
+    path = Path(path)
+    if not path.exists():
+        return PathInfo(path, "missing", False, None, None)
+    has_config = (path / MODEL_CONFIG).is_file()
+    has_lock = (path / RECIPE_LOCK).is_file()
+    has_manifest = (path / MANIFEST).is_file()
+    if has_lock and has_config:
+        kind: PathKind = "checkpoint"
+    elif has_lock:
+        kind = "run"
+    elif has_config or has_manifest:
+        kind = "model"
+    else:
+        kind = "other"
+    best = path / BEST
+    return PathInfo(
+        path,
+        kind,
+        has_manifest,
+        best if (best / MODEL_CONFIG).is_file() else None,
+        latest_checkpoint(path) if not has_config else None,
+    )
 
 
 def default_runs_dir() -> Path:
@@ -128,7 +205,7 @@ class RunDir:
         return self.provenance().get("status") == "complete"
 
     def has_checkpoints(self) -> bool:
-        return any(self.checkpoints.glob("step-*/COMPLETE"))
+        return bool(complete_checkpoints(self.path))
 
     # -- lock --------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -326,7 +403,7 @@ def summarize_run(path: Path) -> dict[str, Any] | None:
             sign = 1 if best_metric in LOWER_IS_BETTER else -1
             chosen = min(scored, key=lambda r: sign * r[key])
         best_step, best_value = chosen.get("step"), chosen[key]
-    checkpoints = sorted(p.parent.name for p in run.checkpoints.glob("step-*/COMPLETE"))
+    checkpoints = [p.name for p in complete_checkpoints(run.path)]
     return {
         "name": path.name,
         "path": str(path),

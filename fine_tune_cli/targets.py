@@ -8,7 +8,14 @@ from typing import Any
 
 from fine_tune_cli.errors import IntegrityError, RecipeError
 from fine_tune_cli.recipe import Recipe, validate_tree
-from fine_tune_cli.runs import RECIPE_LOCK, RunDir, read_recipe_lock
+from fine_tune_cli.runs import (
+    EVAL,
+    MODEL_CONFIG,
+    RECIPE_LOCK,
+    RunDir,
+    inspect_path,
+    read_recipe_lock,
+)
 
 
 @dataclass
@@ -19,20 +26,20 @@ class Target:
 
 
 def resolve_target(path: str | Path) -> Target:
-    from fine_tune_cli.engine.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if not path.exists():
+    """eval/export: a run dir (its best/, else its newest checkpoint), a checkpoint, or a
+    model dir made by ftc (its manifest carries the recipe)."""
+    info = inspect_path(path)
+    path = info.path
+    if info.kind == "missing":
         raise RecipeError(f"{path}: no such run dir, checkpoint or model dir")
-    if (path / RECIPE_LOCK).is_file() and not (path / "config.json").is_file():
-        run = RunDir(path)
-        model_dir = run.best if (run.best / "config.json").is_file() else latest_checkpoint(path)
+    if info.kind == "run":
+        model_dir = info.best or info.latest
         if model_dir is None:
             raise RecipeError(f"{path}: run dir holds no model yet (no best/ or checkpoint)")
-        return Target(run, model_dir, read_recipe_lock(path / RECIPE_LOCK))
-    if (path / "config.json").is_file():
-        if (path / RECIPE_LOCK).is_file():  # a checkpoint dir
-            return Target(RunDir(path.parent.parent), path, read_recipe_lock(path / RECIPE_LOCK))
+        return Target(RunDir(path), model_dir, read_recipe_lock(path / RECIPE_LOCK))
+    if info.kind == "checkpoint" and info.run is not None:
+        return Target(RunDir(info.run), path, read_recipe_lock(path / RECIPE_LOCK))
+    if (path / MODEL_CONFIG).is_file():
         manifest = _read_manifest(path)
         if "recipe" not in manifest:
             raise RecipeError(f"{path}: model dir has no recipe in manifest.json (not made by ftc)")
@@ -46,7 +53,7 @@ def _owning_run(model_dir: Path, manifest: dict[str, Any]) -> RunDir | None:
     """The run a model dir belongs to: an enclosing run dir (best/, export/<format>/),
     else the run dir its manifest names, if that still exists."""
     for parent in list(model_dir.parents)[:3]:
-        if (parent / RECIPE_LOCK).is_file() and not (parent / "config.json").is_file():
+        if inspect_path(parent).kind == "run":
             return RunDir(parent)
     run_dir = manifest.get("run_dir")
     return RunDir(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
@@ -56,7 +63,7 @@ def eval_dir(target: Target, split: str) -> Path:
     """Where eval writes: RUN_DIR/eval/<split>/, or beside a stand-alone model dir
     (<dir>.eval/<split>/) — never inside it, where files would break its manifest."""
     if target.run is not None:
-        return target.run.path / "eval" / split
+        return target.run.path / EVAL / split
     return target.model_dir.with_name(target.model_dir.name + ".eval") / split
 
 

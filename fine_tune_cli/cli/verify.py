@@ -14,9 +14,11 @@ from fine_tune_cli.cli.common import JSON_OPTION, run_command
 
 def _manifest_dirs(run: Path) -> list[Path]:
     """best/, every checkpoint and every export of a run dir, in that order."""
-    candidates = [run / "best", *sorted((run / "checkpoints").glob("step-*"))]
-    candidates += sorted((run / "export").glob("*"))
-    return [d for d in candidates if (d / "manifest.json").is_file()]
+    from fine_tune_cli.runs import BEST, CHECKPOINTS, EXPORT, MANIFEST, STEP_PREFIX
+
+    candidates = [run / BEST, *sorted((run / CHECKPOINTS).glob(f"{STEP_PREFIX}*"))]
+    candidates += sorted((run / EXPORT).glob("*"))
+    return [d for d in candidates if (d / MANIFEST).is_file()]
 
 
 def verify(

@@ -19,13 +19,17 @@ import torch
 from fine_tune_cli import formats
 from fine_tune_cli.errors import OutputError, RecipeError
 from fine_tune_cli.manifest import fsync_tree, verify_manifest, write_manifest
+from fine_tune_cli.runs import (
+    CHECKPOINTS,
+    COMPLETE,
+    RECIPE_LOCK,
+    STEP_PREFIX,
+    complete_checkpoints,
+    latest_checkpoint,
+    step_name,
+)
 
-COMPLETE = "COMPLETE"
 STATE = "trainer_state.pt"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -35,15 +39,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in (run_dir / "checkpoints").glob("step-*/COMPLETE"))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def resolve_resume(path: Path) -> Path:
@@ -94,20 +89,20 @@ def save_checkpoint(
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Our own temp dir and any a killed writer left half-done: we hold the run lock, so
         # no one else is writing here, and those weights would otherwise stay forever.
-        for stale in root.glob(".tmp-step-*"):
+        for stale in root.glob(f".tmp-{STEP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
         unwrap(model).save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
             os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
         torch.save(formats.stamp("checkpoint", state), tmp / STATE)
-        (tmp / "recipe.lock.yaml").write_text(recipe_yaml)
+        (tmp / RECIPE_LOCK).write_text(recipe_yaml)
         write_manifest(tmp, step=step)
         fsync_tree(tmp)
         if final.exists():  # an incomplete leftover of a killed run

@@ -29,7 +29,7 @@ from fine_tune_cli.engine.runtime import Precision, rng_state, to_device
 from fine_tune_cli.errors import DivergedError, Interrupted, RecipeError
 from fine_tune_cli.evaluation.metrics import flat_metrics
 from fine_tune_cli.recipe import Recipe
-from fine_tune_cli.runs import RunDir
+from fine_tune_cli.runs import RECIPE_LOCK, RunDir
 
 if TYPE_CHECKING:
     from fine_tune_cli.tasks.base import TrainingTask
@@ -275,7 +275,7 @@ def _checkpoint(t: Training, state: TrainerState, recipe_yaml: str) -> Path | No
 def fit(t: Training, state: TrainerState) -> TrainResult:
     """Train from `state` to the recipe's last step (or early stop / a signal)."""
     spec = t.recipe.train
-    recipe_yaml = (t.run.path / "recipe.lock.yaml").read_text()
+    recipe_yaml = (t.run.path / RECIPE_LOCK).read_text()
     steps_total = total_steps(t.recipe, len(t.train), t.dist.world)
     faults = Faults.from_env()
     started = time.time()

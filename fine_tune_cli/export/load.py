@@ -13,7 +13,7 @@ from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.export.base import RunFn
 from fine_tune_cli.manifest import MANIFEST, verify_manifest
 from fine_tune_cli.recipe import Recipe, validate_tree
-from fine_tune_cli.runs import RECIPE_LOCK
+from fine_tune_cli.runs import BEST, inspect_path
 
 
 @dataclass
@@ -29,13 +29,14 @@ class LoadedModel:
 
 def resolve_model_dir(path: Path) -> Path:
     """An export dir or best/ as given, or a run dir's best/."""
-    if not path.exists():
+    info = inspect_path(path)
+    if info.kind == "missing":
         raise RecipeError(f"{path}: no such model dir (an export dir, best/ or a run dir)")
-    if (path / MANIFEST).is_file():
+    if info.has_manifest:
         return path
-    if (path / RECIPE_LOCK).is_file():
-        if (path / "best" / MANIFEST).is_file():
-            return path / "best"
+    if info.kind == "run":
+        if (path / BEST / MANIFEST).is_file():
+            return path / BEST
         raise RecipeError(f"{path}: run dir has no best/ model yet")
     raise RecipeError(f"{path}: not an export dir, best/ or run dir (no {MANIFEST})")
 

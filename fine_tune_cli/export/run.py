@@ -14,6 +14,7 @@ from typing import Any
 
 from fine_tune_cli.errors import ConflictError, GateError, OutputError, RecipeError
 from fine_tune_cli.recipe import ExportSpec, parse_override, validate_tree
+from fine_tune_cli.runs import EXPORT
 from fine_tune_cli.targets import load_model, prepared_for, resolve_target
 
 log = logging.getLogger("ftc")
@@ -88,7 +89,7 @@ def run_export(
     applies = {*COMMON_KEYS, *gate_keys, *exporter.options}
     spec = export_spec(target.recipe.export, overrides, applies, fmt)
     base = target.run.path if target.run else target.model_dir.parent
-    out_dir = Path(out) if out else base / "export" / out_name
+    out_dir = Path(out) if out else base / EXPORT / out_name
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConflictError(f"{out_dir}: output dir is not empty; pass --overwrite or --out")
     kind = task_for(target.recipe.model)

@@ -91,22 +91,16 @@ def resolve_init_dir(path: str | Path) -> Path:
     """An HF model dir to load from: a model dir, one of our run dirs, a checkpoint, or a
     Hugging Face Hub id (`org/name[@rev]`) resolved to its snapshot in the local cache."""
     from fine_tune_cli.hub import local_path, remote_code_problem, weights_problem
+    from fine_tune_cli.runs import MODEL_CONFIG, inspect_path
 
     path = local_path(str(path), "model.init_from")
-    if (path / "config.json").is_file():
-        found = path
-    elif (path / "best" / "config.json").is_file():
-        found = path / "best"
-    else:
-        ckpts = sorted(
-            p for p in (path / "checkpoints").glob("step-*") if (p / "COMPLETE").is_file()
+    info = inspect_path(path)
+    found = path if (path / MODEL_CONFIG).is_file() else info.best or info.latest
+    if found is None:
+        raise RecipeError(
+            f"model.init_from: {path} holds no model (expected config.json, best/ or"
+            " complete checkpoints/step-*)"
         )
-        if not ckpts:
-            raise RecipeError(
-                f"model.init_from: {path} holds no model (expected config.json, best/ or"
-                " complete checkpoints/step-*)"
-            )
-        found = ckpts[-1]
     problem = remote_code_problem(found) or weights_problem(found)
     if problem:
         raise RecipeError(f"model.init_from: {found}: {problem}")
