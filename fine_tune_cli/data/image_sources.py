@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fine_tune_cli.data.sources import jsonl_objects
+from fine_tune_cli.data.sources import SOURCES, Source, jsonl_objects
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError
 from fine_tune_cli.recipe import SourceSpec
@@ -61,14 +61,19 @@ def image_format(spec: SourceSpec) -> str:
 
 def read_images(spec: SourceSpec, *, need_label: bool) -> list[Record]:
     """Records of an image source (every image decoded now, so a bad file fails here)."""
-    fmt = image_format(spec)
-    if fmt == "digits":
-        records = _read_digits(spec)
-    elif fmt == "npz":
-        records = _read_npz(spec, need_label)
-    else:
-        files = _folder_files(spec) if fmt == "imagefolder" else manifest_rows(spec, need_label)
-        records = _decode_all(spec, files)
+    return SOURCES.get(image_format(spec))(spec, need_label)
+
+
+def image_source(read: Source) -> Source:
+    """An image format's reader, with the checks every image source shares."""
+
+    def source(spec: SourceSpec, need_label: bool) -> list[Record]:
+        return _checked(spec, read(spec, need_label), need_label)
+
+    return source
+
+
+def _checked(spec: SourceSpec, records: list[Record], need_label: bool) -> list[Record]:
     if not records:
         raise DataError(f"{spec.path}: no images")
     if need_label:
@@ -428,3 +433,12 @@ def _read_digits(spec: SourceSpec) -> list[Record]:
         }
         for i in range(n)
     ]
+
+
+SOURCES.add("imagefolder", image_source(lambda spec, _: _decode_all(spec, _folder_files(spec))))
+SOURCES.add(
+    "image_manifest",
+    image_source(lambda spec, need_label: _decode_all(spec, manifest_rows(spec, need_label))),
+)
+SOURCES.add("npz", image_source(_read_npz))
+SOURCES.add("digits", image_source(lambda spec, _: _read_digits(spec)))

@@ -11,7 +11,7 @@ import codecs
 import csv
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +19,7 @@ from typing import IO, Any
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError
 from fine_tune_cli.recipe import IMAGE_FORMATS, SourceSpec
+from fine_tune_cli.registry import Registry
 
 GZIP_MAGIC = b"\x1f\x8b"
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
@@ -26,38 +27,56 @@ EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "js
 CSV_FIELD_LIMIT = 2**31 - 1
 
 
+# A source reads `data.source` into records: (spec, need_label) -> records. Keyed by
+# data.source.format; text formats register below, image formats in image_sources.py
+# (both imported by fine_tune_cli/data/__init__.py).
+Source = Callable[[SourceSpec, bool], list[Record]]
+SOURCES: Registry[Source] = Registry("source format")
+
+
 def read_source(spec: SourceSpec, *, need_label: bool, images: bool = False) -> list[Record]:
     """Records `{id, text, label, group}` of `spec.path`; ids are 0-based row indices.
 
     With `need_label`, every record must have a non-empty label; without it a missing
     label column (e.g. the default `label` on a pretraining corpus) gives label None.
-    With `images` (an image family's recipe) or an image format, the records hold
+    With `images` (an image task's recipe) or an image format, the records hold
     decoded images instead of text (data/image_sources.py).
     """
     if images or spec.format in IMAGE_FORMATS:
-        from fine_tune_cli.data.image_sources import read_images
+        from fine_tune_cli.data.image_sources import image_format
 
-        return read_images(spec, need_label=need_label)
-    path = Path(spec.path)
-    _check_file(path, spec.path)
-    compressed = _is_gzip(path, spec.path)
-    fmt = spec.format if spec.format != "auto" else _format_from_name(path, spec.path)
-    if need_label and not spec.label and fmt != "txt":
+        fmt = image_format(spec)
+    else:
+        path = Path(spec.path)
+        _check_file(path, spec.path)
+        fmt = spec.format if spec.format != "auto" else _format_from_name(path, spec.path)
+    return SOURCES.get(fmt)(spec, need_label)
+
+
+def text_source(
+    read: Callable[[IO[str], SourceSpec, bool], list[Record]],
+    check: Callable[[SourceSpec, bool], None],
+) -> Source:
+    """A text format's reader on the opened (maybe gzipped, decoded) file; `check` reports
+    recipe/format mismatches before the file is opened."""
+
+    def source(spec: SourceSpec, need_label: bool) -> list[Record]:
+        path = Path(spec.path)
+        _check_file(path, spec.path)
+        compressed = _is_gzip(path, spec.path)
+        check(spec, need_label)
+        with _open_text(path, spec, compressed=compressed) as handle:
+            records = read(handle, spec, need_label)
+        if not records:
+            raise DataError(f"{spec.path}: no rows")
+        return records
+
+    return source
+
+
+def _labelled_text(spec: SourceSpec, need_label: bool) -> None:
+    if need_label and not spec.label:
         raise DataError(f"{spec.path}: this task needs labels; set data.source.label")
-    if fmt == "txt":
-        if need_label:
-            raise DataError(
-                f"{spec.path}: a txt file has no labels; use csv or jsonl with a label column"
-                " (or a task that needs no labels)"
-            )
-        if spec.group:
-            raise DataError(f"{spec.path}: a txt file has no columns; unset data.source.group")
-    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "txt": _read_txt}
-    with _open_text(path, spec, compressed=compressed) as handle:
-        records = readers[fmt](handle, spec, need_label)
-    if not records:
-        raise DataError(f"{spec.path}: no rows")
-    return records
 
 
 # --------------------------------------------------------------------------- opening
@@ -262,6 +281,16 @@ def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Rec
     return records
 
 
+def _txt_columns(spec: SourceSpec, need_label: bool) -> None:
+    if need_label:
+        raise DataError(
+            f"{spec.path}: a txt file has no labels; use csv or jsonl with a label column"
+            " (or a task that needs no labels)"
+        )
+    if spec.group:
+        raise DataError(f"{spec.path}: a txt file has no columns; unset data.source.group")
+
+
 def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
     """One record per non-empty line, or per blank-line-separated paragraph (documents
     such as chapters, kept whole so LM splits hold out whole documents)."""
@@ -286,3 +315,8 @@ def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Recor
     if paragraph and (spec.limit is None or len(records) < spec.limit):
         add("\n".join(paragraph))
     return records
+
+
+SOURCES.add("csv", text_source(_read_csv, _labelled_text))
+SOURCES.add("jsonl", text_source(_read_jsonl, _labelled_text))
+SOURCES.add("txt", text_source(_read_txt, _txt_columns))

@@ -386,7 +386,3 @@ def augment_words(
                 {**r, "id": r["id"] + (k + 1) * AUGMENT_ID_OFFSET, "text": text, "augmented": True}
             )
     return out
-
-
-# The image steps register themselves on import (they build on the helpers above).
-from fine_tune_cli.data import image_steps  # noqa: E402, F401
