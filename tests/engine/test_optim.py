@@ -14,7 +14,7 @@ import torch
 
 from fine_tune_cli.engine.optim import Schedule, build_optimizer, lr_factor, param_groups
 from fine_tune_cli.models import FAMILIES
-from fine_tune_cli.recipe import OptimSpec, ScheduleSpec
+from fine_tune_cli.recipe import OptimSpec, ScheduleSpec, optim_spec
 
 HEADS = ("classifier",)  # the head module WithHead declares, as a model family does
 BERT_HEADS = FAMILIES.get("bert").head_modules
@@ -91,14 +91,14 @@ def adam_reference(lr: float, b1: float, b2: float, eps: float, decoupled: bool)
 
 def test_adam_first_step_moves_each_parameter_by_lr_against_its_gradient() -> None:
     # Step 1 with bias correction: m_hat = g, v_hat = g^2, so the update is lr*sign(g).
-    weight, bias = train(OptimSpec(name="adam", lr=0.01, weight_decay=0.0, eps=1e-12), 1)
+    weight, bias = train(optim_spec(name="adam", lr=0.01, weight_decay=0.0, eps=1e-12), 1)
     assert weight == pytest.approx([0.5 - 0.01, -1.0 + 0.01], abs=1e-10)
     assert bias == pytest.approx(0.25 - 0.01, abs=1e-10)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_two_steps_with_bias_correction_and_weight_decay(name: str) -> None:
-    spec = OptimSpec(name=name, lr=0.05, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-6)
+    spec = optim_spec(name=name, lr=0.05, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-6)
     ref = adam_reference(0.05, 0.8, 0.95, 1e-6, decoupled=name == "adamw")
     assert_close(train(spec), per_element(ref, wd=0.1))
 
@@ -106,7 +106,7 @@ def test_adam_two_steps_with_bias_correction_and_weight_decay(name: str) -> None
 def test_adamw_decays_weights_but_not_biases() -> None:
     # Zero gradients: Adam's update is 0/(0+eps) = 0, so only the decoupled decay moves.
     model = ThreeParams()
-    optimizer = build_optimizer(model, OptimSpec(name="adamw", lr=0.1, weight_decay=0.5), HEADS)
+    optimizer = build_optimizer(model, optim_spec(name="adamw", lr=0.1, weight_decay=0.5), HEADS)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -128,20 +128,20 @@ def sgd_reference(lr: float, momentum: float, nesterov: bool):
 
 
 def test_sgd_plain_step_by_hand() -> None:
-    weight, bias = train(OptimSpec(name="sgd", lr=0.1, weight_decay=0.0), 1)
+    weight, bias = train(optim_spec(name="sgd", lr=0.1, weight_decay=0.0), 1)
     assert weight == pytest.approx([0.5 - 0.01, -1.0 + 0.02])
     assert bias == pytest.approx(0.25 - 0.03)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_momentum_two_steps(nesterov: bool) -> None:
-    spec = OptimSpec(name="sgd", lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
+    spec = optim_spec(name="sgd", lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
     assert_close(train(spec), per_element(sgd_reference(0.1, 0.9, nesterov), wd=0.01))
 
 
 def test_sgd_nesterov_differs_from_heavy_ball() -> None:
-    heavy = train(OptimSpec(name="sgd", lr=0.1, momentum=0.9))
-    nesterov = train(OptimSpec(name="sgd", lr=0.1, momentum=0.9, nesterov=True))
+    heavy = train(optim_spec(name="sgd", lr=0.1, momentum=0.9))
+    nesterov = train(optim_spec(name="sgd", lr=0.1, momentum=0.9, nesterov=True))
     assert heavy[1] != pytest.approx(nesterov[1])
     # Bias, by hand: heavy ball 0.25 - 0.1*0.3 - 0.1*(0.9*0.3 + 0.3) = 0.163;
     # Nesterov uses g + mu*buf each step: 0.25 - 0.1*0.57 - 0.1*(0.3 + 0.9*0.57) = 0.1117.
@@ -168,7 +168,7 @@ def rmsprop_reference(lr: float, alpha: float, eps: float, momentum: float):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_rmsprop_two_steps(momentum: float) -> None:
-    spec = OptimSpec(
+    spec = optim_spec(
         name="rmsprop", lr=0.01, alpha=0.9, eps=1e-8, momentum=momentum, weight_decay=0.1
     )
     assert_close(train(spec), per_element(rmsprop_reference(0.01, 0.9, 1e-8, momentum), 0.1))
@@ -176,7 +176,7 @@ def test_rmsprop_two_steps(momentum: float) -> None:
 
 def test_rmsprop_first_step_by_hand() -> None:
     # v = (1-alpha) g^2, so the step is lr * g / (sqrt(1-alpha)|g|) = lr/sqrt(0.1) * sign(g).
-    spec = OptimSpec(name="rmsprop", lr=0.01, alpha=0.9, eps=1e-12, weight_decay=0.0)
+    spec = optim_spec(name="rmsprop", lr=0.01, alpha=0.9, eps=1e-12, weight_decay=0.0)
     weight, bias = train(spec, 1)
     step = 0.01 / math.sqrt(0.1)
     assert weight == pytest.approx([0.5 - step, -1.0 + step])
@@ -186,7 +186,7 @@ def test_rmsprop_first_step_by_hand() -> None:
 # --------------------------------------------------------------------------- groups
 def test_head_lr_gets_its_own_group() -> None:
     model = WithHead()
-    spec = OptimSpec(name="sgd", lr=0.1, head_lr=0.5, weight_decay=0.0)
+    spec = optim_spec(name="sgd", lr=0.1, head_lr=0.5, weight_decay=0.0)
     optimizer = build_optimizer(model, spec, HEADS)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
@@ -197,7 +197,7 @@ def test_head_lr_gets_its_own_group() -> None:
 
 
 def test_without_head_lr_the_head_shares_the_body_lr() -> None:
-    groups = param_groups(WithHead(), OptimSpec(name="sgd", lr=0.1), HEADS)
+    groups = param_groups(WithHead(), optim_spec(name="sgd", lr=0.1), HEADS)
     assert {g["lr"] for g in groups} == {0.1}
 
 
@@ -218,7 +218,7 @@ def tiny_bert() -> torch.nn.Module:
 
 def test_param_groups_on_bert_exclude_biases_and_layernorm_from_decay() -> None:
     model = tiny_bert()
-    spec = OptimSpec(name="adamw", lr=1e-3, head_lr=1e-2, weight_decay=0.05)
+    spec = optim_spec(name="adamw", lr=1e-3, head_lr=1e-2, weight_decay=0.05)
     groups = param_groups(model, spec, BERT_HEADS)
     by_id = {id(p): g for g in groups for p in g["params"]}
     names = dict(model.named_parameters())
@@ -258,7 +258,7 @@ def test_heads_are_declared_top_level_modules_not_substrings() -> None:
 def test_frozen_parameters_are_left_out() -> None:
     model = WithHead()
     model.dense.weight.requires_grad_(False)
-    groups = param_groups(model, OptimSpec(name="sgd", lr=0.1), HEADS)
+    groups = param_groups(model, optim_spec(name="sgd", lr=0.1), HEADS)
     params = [p for g in groups for p in g["params"]]
     assert all(p is not model.dense.weight for p in params)
     assert len(params) == 2
@@ -308,7 +308,7 @@ def test_warmup_ratio_rounds_down_to_whole_steps() -> None:
 
 def test_schedule_drives_every_param_group_including_the_head() -> None:
     model = WithHead()
-    optimizer = build_optimizer(model, OptimSpec(name="sgd", lr=0.1, head_lr=1.0), HEADS)
+    optimizer = build_optimizer(model, optim_spec(name="sgd", lr=0.1, head_lr=1.0), HEADS)
     spec = ScheduleSpec(name="linear", warmup_steps=2)
     schedule = Schedule(optimizer, spec, total_steps=6)
     f = lr_factor(spec, 6)
@@ -321,12 +321,12 @@ def test_schedule_drives_every_param_group_including_the_head() -> None:
 
 def test_schedule_state_round_trip_continues_identically() -> None:
     spec = ScheduleSpec(name="cosine", warmup_steps=1)
-    opt_a = build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS)
+    opt_a = build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS)
     a = Schedule(opt_a, spec, total_steps=8)
     for _ in range(3):
         opt_a.step()
         a.step()
-    opt_b = build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS)
+    opt_b = build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS)
     b = Schedule(opt_b, spec, total_steps=8)
     b.load_state_dict(a.state_dict())
     for _ in range(3):
@@ -339,7 +339,7 @@ def test_schedule_state_round_trip_continues_identically() -> None:
 
 
 def test_plateau_schedule_shrinks_lr_after_patience_bad_evals() -> None:
-    optimizer = build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS)
+    optimizer = build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS)
     schedule = Schedule(optimizer, ScheduleSpec(name="plateau", patience=1, factor=0.5), 10)
 
     def step() -> float:
@@ -359,7 +359,7 @@ def test_plateau_schedule_shrinks_lr_after_patience_bad_evals() -> None:
     schedule.observe(0.95, "min")  # equal is not better
     assert step() == pytest.approx(0.025)
     restored = Schedule(
-        build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS),
+        build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS),
         ScheduleSpec(name="plateau", patience=1, factor=0.5),
         10,
     )
@@ -369,7 +369,7 @@ def test_plateau_schedule_shrinks_lr_after_patience_bad_evals() -> None:
 
 
 def test_plateau_in_max_mode_and_other_schedules_ignore_evals() -> None:
-    optimizer = build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS)
+    optimizer = build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS)
     plateau = Schedule(optimizer, ScheduleSpec(name="plateau", patience=0, factor=0.1), 10)
     plateau.observe(0.8, "max")
     plateau.observe(0.9, "max")  # higher is better here
@@ -378,7 +378,7 @@ def test_plateau_in_max_mode_and_other_schedules_ignore_evals() -> None:
     assert plateau.plateau_scale == pytest.approx(0.1)
 
     constant = Schedule(
-        build_optimizer(ThreeParams(), OptimSpec(name="sgd", lr=0.1), HEADS),
+        build_optimizer(ThreeParams(), optim_spec(name="sgd", lr=0.1), HEADS),
         ScheduleSpec(name="constant"),
         10,
     )
