@@ -84,3 +84,10 @@ def build_pretraining(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
     from transformers import BertForPreTraining
 
     return build_or_load(BertForPreTraining, spec, ctx, bert_config)
+
+
+@register_model("bert", "token_classification", auto_class="AutoModelForTokenClassification")
+def build_token_classifier(spec: ModelSpec, ctx: BuildContext) -> nn.Module:
+    from transformers import BertForTokenClassification
+
+    return build_or_load(BertForTokenClassification, spec, ctx, bert_config, **label_kwargs(ctx))

