@@ -584,3 +584,14 @@ def test_the_schema_imports_no_plugin_package():
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     plugins = ("fine_tune_cli.engine", "fine_tune_cli.models", "fine_tune_cli.tasks")
     assert not [m for m in imported if m.startswith(plugins)], imported
+
+
+def test_cross_section_rules_of_the_task_are_reported_together(tmp_path: Path):
+    """The task's own rule (mlm_nsp needs a document column) and the split rule both hold
+    on the same missing key: one line names both, so one edit fixes the recipe."""
+    recipe = MINIMAL.replace("family: bert", "family: bert\n  task: mlm_nsp")
+    path = write(tmp_path, "r.yaml", recipe + "  split: {by_group: true}\n")
+    problems = load_error(path).problems
+    assert len(problems) == 1, problems
+    assert "data.source.group: mlm_nsp builds sentence pairs within documents" in problems[0]
+    assert "data.split.by_group: set data.source.group to the group column" in problems[0]
