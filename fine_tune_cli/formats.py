@@ -25,7 +25,7 @@ KEY = "format_version"
 CURRENT: dict[str, int] = {
     "manifest": 2,  # manifest.json of checkpoints, best/ and exports (fine_tune_cli/manifest.py)
     "checkpoint": 2,  # trainer_state.pt (fine_tune_cli/engine/checkpoint.py)
-    "recipe_lock": 2,  # recipe.lock.yaml of run dirs and checkpoints (fine_tune_cli/runs.py)
+    "recipe_lock": 3,  # recipe.lock.yaml of run dirs and checkpoints (fine_tune_cli/runs.py)
     "prepared": 2,  # prepared-cache manifest.json (fine_tune_cli/data/store.py)
 }
 
@@ -76,8 +76,8 @@ def stamp(kind: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- migrations ---------------------------------------------------------------------------
-# v1 -> v2 of every format only adds the field (the content did not change); the next
-# change of a format goes below as `@migration(kind, 2)`.
+# v1 -> v2 of every format only adds the field (the content did not change); later
+# changes of a format go below as `@migration(kind, 2)`, `@migration(kind, 3)`, ...
 
 
 @migration("manifest", 1)
@@ -92,4 +92,15 @@ def _prepared_v1(data: dict[str, Any]) -> dict[str, Any]:
     # v1 also wrote "format": 1 — the data-hash scheme, which format_version replaced in
     # the manifest (the scheme still enters every data hash; see data/store.py HASH_SCHEME).
     data.pop("format", None)
+    return data
+
+
+@migration("recipe_lock", 2)
+def _lock_batching(data: dict[str, Any]) -> dict[str, Any]:
+    # v3 added train.batching: a run locked before it was trained in random order, and
+    # must resume in it whatever the default becomes. (A lock is a resolved recipe: it
+    # always has a train section.)
+    train = data.get("train")
+    if isinstance(train, dict):
+        data["train"] = {"batching": "random", **train}
     return data

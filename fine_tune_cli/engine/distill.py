@@ -37,6 +37,7 @@ class DistillationTask:
         self.primary_metric = base.primary_metric
         self.not_exportable = base.not_exportable
         self.generates_samples = base.generates_samples
+        self.pads_batches = base.pads_batches
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)

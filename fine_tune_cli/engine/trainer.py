@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from fine_tune_cli.data.batching import epoch_order, step_groups
+from fine_tune_cli.data.batching import step_groups, train_order
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.engine import checkpoint as ckpt
 from fine_tune_cli.engine.distributed import Dist
@@ -284,11 +284,15 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
     with StopFlag() as stop:
         while state.step < steps_total and not state.stopped_early:
             t.task.set_epoch(state.epoch)  # on-the-fly augmentation is seeded per epoch
-            groups = step_groups(
-                t.dist.shard(epoch_order(len(t.train), spec.seed, state.epoch)),
-                spec.batch_size,
-                spec.grad_accum,
+            order = train_order(
+                t.train,
+                t.task.pads_batches,
+                spec.batching,
+                spec.seed,
+                state.epoch,
+                spec.batch_size * t.dist.world,  # grouped per global batch; shard splits it
             )
+            groups = step_groups(t.dist.shard(order), spec.batch_size, spec.grad_accum)
             for group in groups[state.step_in_epoch :]:
                 t0 = time.perf_counter()
                 batches = [to_device(t.task.collate(t.train, idx), t.device) for idx in group]

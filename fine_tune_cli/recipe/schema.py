@@ -343,6 +343,11 @@ class TrainSpec(Strict):
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
     batch_size: int = Field(32, ge=1, description="Per-device micro-batch size.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    batching: Literal["random", "length_grouped"] = Field(
+        "random",
+        description="length_grouped: batches of similar-length texts (less padding; order"
+        " still seeded per epoch). Ignored by packed clm blocks and images.",
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
     seed: int = Field(42, description="Seed for init, sampling and dropout.")
     eval_every: int | Literal["epoch"] = Field("epoch", description="Steps between evals.")

@@ -152,6 +152,7 @@ class TrainingTask(Protocol):
     primary_metric: str  # the metric export parity gates on
     not_exportable: str | None
     generates_samples: bool
+    pads_batches: bool  # batches padded to their longest sample (train.batching applies)
 
     def set_epoch(self, epoch: int) -> None:
         """Called at each epoch start (on-the-fly augmentation is seeded per epoch)."""

@@ -30,6 +30,7 @@ class CausalLMTask(TextTask):
     unit = "tokens"
     primary_metric = "loss"  # perplexity is exp(loss): tolerances on the loss mean the same
     generates_samples = True
+    pads_batches = False  # packed blocks of equal length: nothing to group
 
     def __init__(self, tokenizer: Any, generate: Any, seed: int):
         self.tokenizer = tokenizer

@@ -40,6 +40,7 @@ class TaskBase:
     distillable: ClassVar[bool] = False
     encoder_revision: ClassVar[int | None] = None
     augments_batches: ClassVar[bool] = False
+    pads_batches: ClassVar[bool] = False  # variable-length batches: train.batching applies
 
     recipe_sections: ClassVar[tuple[str, ...]] = ()  # task-only sections it reads (mim)
 
@@ -86,6 +87,7 @@ class TextTask(TaskBase):
     """Text: a tokenizer trained or loaded at prepare time, token-id sequences."""
 
     modality: ClassVar[Modality] = "text"
+    pads_batches: ClassVar[bool] = True
 
     @classmethod
     def modality_problems(cls, recipe: Recipe) -> list[str]:
@@ -175,6 +177,7 @@ class ImageTask(TaskBase):
 
     modality: ClassVar[Modality] = "image"
     augments_batches: ClassVar[bool] = True  # data.augment runs per batch, not at prepare
+    pads_batches: ClassVar[bool] = False  # fixed-size pixels (before TextTask in the MRO)
 
     @classmethod
     def modality_problems(cls, recipe: Recipe) -> list[str]:

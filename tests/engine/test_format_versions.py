@@ -24,6 +24,8 @@ from fine_tune_cli.formats import CURRENT, KEY
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 ENTRY = "aa55e59a5c885d26"  # the fixture's prepared-cache entry (its data hash, 16 chars)
 NEWER = "format_version 3 is newer than this ftc understands (2); upgrade fine_tune_cli"
+# recipe.lock.yaml is at v3 (train.batching), one ahead of the other formats
+NEWER_LOCK = "format_version 4 is newer than this ftc understands (3); upgrade fine_tune_cli"
 
 
 @pytest.fixture
@@ -168,7 +170,7 @@ def _newer_checkpoint(root: Path) -> tuple[Path, list[str]]:
 
 def _newer_lock(root: Path) -> tuple[Path, list[str]]:
     path = root / "run" / "recipe.lock.yaml"
-    path.write_text(f"{KEY}: 3\n" + path.read_text())
+    path.write_text(f"{KEY}: 4\n" + path.read_text())
     return path, ["eval", root / "run", "--json"]
 
 
@@ -195,7 +197,8 @@ def test_a_newer_format_is_refused_naming_both_versions(v1: Path, make_newer, ft
     assert r.code == 2, r.err
     payload = r.json()
     assert payload["status"] == "error" and payload["exit_code"] == 2
-    assert payload["message"] == f"{path}: {NEWER}"
+    newer = NEWER_LOCK if path.name == "recipe.lock.yaml" else NEWER
+    assert payload["message"] == f"{path}: {newer}"
     assert "Traceback" not in r.err
     assert sorted(p.relative_to(v1) for p in v1.rglob("*")) == before  # nothing written
 
