@@ -24,6 +24,7 @@ from fine_tune_cli.data.batching import step_groups, train_order
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.engine import checkpoint as ckpt
 from fine_tune_cli.engine.distributed import Dist
+from fine_tune_cli.engine.flops import ModelShape, batch_flops, model_shape, peak_flops
 from fine_tune_cli.engine.optim import Schedule
 from fine_tune_cli.engine.runtime import Precision, rng_state, to_device
 from fine_tune_cli.errors import DivergedError, Interrupted, RecipeError
@@ -178,16 +179,39 @@ def _apply_update(
     return grad_norm
 
 
+@dataclass(frozen=True)
+class Telemetry:
+    """The FLOPs shape of the model and the device's peak (None off CUDA): MFU."""
+
+    shape: ModelShape | None
+    peak: float | None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, device: torch.device) -> Telemetry:
+        inner = ckpt.unwrap(model)
+        shape = model_shape(inner) if getattr(inner, "config", None) is not None else None
+        return cls(shape, peak_flops(device))
+
+
 def _log_step(
     t: Training,
     state: TrainerState,
     group: list[np.ndarray],
     batches: list[dict[str, torch.Tensor]],
     numbers: dict[str, float],
+    telemetry: Telemetry,
 ) -> None:
-    """One metrics.jsonl line. The sums are collectives: every rank joins, rank 0 writes."""
+    """One metrics.jsonl line. The sums are collectives: every rank joins, rank 0 writes.
+    `mfu` only where the peak is known (CUDA): a CPU has no meaningful bf16 peak."""
     samples = t.dist.sum(sum(len(i) for i in group))
-    tokens = t.dist.sum(sum(t.task.tokens(b) for b in batches))
+    counts = [t.task.tokens(b) for b in batches]
+    tokens = t.dist.sum(sum(counts))
+    mfu = None
+    if telemetry.shape is not None and telemetry.peak:
+        flops = sum(
+            batch_flops(telemetry.shape, b, n) for b, n in zip(batches, counts, strict=True)
+        )
+        mfu = t.dist.sum(flops) / numbers["step_time"] / (telemetry.peak * t.dist.world)
     if t.dist.is_main:
         step_time = numbers["step_time"]
         t.run.log_metrics(
@@ -202,6 +226,7 @@ def _log_step(
                 "step_time": step_time,
                 "data_wait": numbers["data_wait"],
             }
+            | ({"mfu": mfu} if mfu is not None else {})
         )
 
 
@@ -280,6 +305,7 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
     faults = Faults.from_env()
     started = time.time()
     last_ckpt: Path | None = ckpt.latest_checkpoint(t.run.path)
+    telemetry = Telemetry.of(t.model, t.device)
     t.model.train()
     with StopFlag() as stop:
         while state.step < steps_total and not state.stopped_early:
@@ -312,7 +338,7 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
                     "step_time": time.perf_counter() - t0,
                 }
                 if state.step % t.recipe.log.every == 0 or state.step == 1:
-                    _log_step(t, state, group, batches, numbers)
+                    _log_step(t, state, group, batches, numbers, telemetry)
                 t.progress.update(state.step, f"loss {loss_value:.4f}")
                 final = state.step >= steps_total
                 due_eval = (spec.eval_every == "epoch" and epoch_done) or (
