@@ -54,8 +54,6 @@ from fine_tune_cli.recipe.schema import (
     optim_spec,
 )
 
-_model_in = model_in  # the name reference.py and the fuzz tests have always used
-
 __all__ = [
     "DEFAULT_OPTIMIZER",
     "IMAGE_FORMATS",
