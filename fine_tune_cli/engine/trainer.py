@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fine_tune_cli.data.batching import step_groups, train_order
+from fine_tune_cli.data.prefetch import Prefetcher
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.engine import checkpoint as ckpt
 from fine_tune_cli.engine.distributed import Dist
@@ -319,48 +320,51 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
                 spec.batch_size * t.dist.world,  # grouped per global batch; shard splits it
             )
             groups = step_groups(t.dist.shard(order), spec.batch_size, spec.grad_accum)
-            for group in groups[state.step_in_epoch :]:
-                t0 = time.perf_counter()
-                batches = [to_device(t.task.collate(t.train, idx), t.device) for idx in group]
-                data_wait = time.perf_counter() - t0
-                loss_value = _forward_backward(t, state, batches, faults)
-                state.step += 1
-                state.step_in_epoch += 1
-                epoch_done = state.step_in_epoch == len(groups)
-                grad_norm = _apply_update(t, state, loss_value, last_ckpt)
-                if epoch_done:
-                    state.epoch += 1
-                    state.step_in_epoch = 0
-                numbers = {
-                    "loss": loss_value,
-                    "grad_norm": grad_norm,
-                    "data_wait": data_wait,
-                    "step_time": time.perf_counter() - t0,
-                }
-                if state.step % t.recipe.log.every == 0 or state.step == 1:
-                    _log_step(t, state, group, batches, numbers, telemetry)
-                t.progress.update(state.step, f"loss {loss_value:.4f}")
-                final = state.step >= steps_total
-                due_eval = (spec.eval_every == "epoch" and epoch_done) or (
-                    isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0
-                )
-                evaluated = False
-                if t.valid is not None and len(t.valid) and (due_eval or final):
-                    state.last_eval = _evaluate(t, state)
-                    evaluated = True
-                    _track_best(t, state, state.last_eval)
-                due_save = (spec.save_every and state.step % spec.save_every == 0) or (
-                    spec.save_every is None and evaluated
-                )
-                if due_save or final or state.stopped_early or stop.signum:
-                    last_ckpt = _checkpoint(t, state, recipe_yaml) or last_ckpt
-                    t.dist.barrier()
-                if stop.signum:
-                    raise Interrupted(
-                        f"interrupted at step {state.step}; checkpoint saved: {last_ckpt}"
-                        f" (continue with --resume auto)",
-                        stop.signum,
+            with Prefetcher(
+                groups[state.step_in_epoch :], lambda i: t.task.collate(t.train, i), spec.prefetch
+            ) as ahead:
+                for group, host_batches in ahead:
+                    t0 = time.perf_counter() - ahead.last_wait  # the step starts with the wait
+                    batches = [to_device(b, t.device) for b in host_batches]
+                    data_wait = time.perf_counter() - t0
+                    loss_value = _forward_backward(t, state, batches, faults)
+                    state.step += 1
+                    state.step_in_epoch += 1
+                    epoch_done = state.step_in_epoch == len(groups)
+                    grad_norm = _apply_update(t, state, loss_value, last_ckpt)
+                    if epoch_done:
+                        state.epoch += 1
+                        state.step_in_epoch = 0
+                    numbers = {
+                        "loss": loss_value,
+                        "grad_norm": grad_norm,
+                        "data_wait": data_wait,
+                        "step_time": time.perf_counter() - t0,
+                    }
+                    if state.step % t.recipe.log.every == 0 or state.step == 1:
+                        _log_step(t, state, group, batches, numbers, telemetry)
+                    t.progress.update(state.step, f"loss {loss_value:.4f}")
+                    final = state.step >= steps_total
+                    due_eval = (spec.eval_every == "epoch" and epoch_done) or (
+                        isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0
                     )
-                if final or state.stopped_early:
-                    break
+                    evaluated = False
+                    if t.valid is not None and len(t.valid) and (due_eval or final):
+                        state.last_eval = _evaluate(t, state)
+                        evaluated = True
+                        _track_best(t, state, state.last_eval)
+                    due_save = (spec.save_every and state.step % spec.save_every == 0) or (
+                        spec.save_every is None and evaluated
+                    )
+                    if due_save or final or state.stopped_early or stop.signum:
+                        last_ckpt = _checkpoint(t, state, recipe_yaml) or last_ckpt
+                        t.dist.barrier()
+                    if stop.signum:
+                        raise Interrupted(
+                            f"interrupted at step {state.step}; checkpoint saved: {last_ckpt}"
+                            f" (continue with --resume auto)",
+                            stop.signum,
+                        )
+                    if final or state.stopped_early:
+                        break
     return TrainResult(state=state, total_steps=steps_total, seconds=time.time() - started)

@@ -348,6 +348,9 @@ class TrainSpec(Strict):
         description="length_grouped: batches of similar-length texts (less padding; order"
         " still seeded per epoch). Ignored by packed clm blocks and images.",
     )
+    prefetch: int = Field(
+        1, ge=0, description="Steps collated ahead in a background thread; 0: inline."
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
     seed: int = Field(42, description="Seed for init, sampling and dropout.")
     eval_every: int | Literal["epoch"] = Field("epoch", description="Steps between evals.")
