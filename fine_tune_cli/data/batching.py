@@ -3,14 +3,20 @@ dynamic padding (pad to the longest sequence of each batch, not to max_length)."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fine_tune_cli.data.store import PreparedSplit
+
+if TYPE_CHECKING:
+    import torch
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: a pure function of (seed, epoch)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=gen).numpy()
 
@@ -31,6 +37,8 @@ def length_grouped_order(
     multiple of batch_size) stays last, so every other batch stays aligned for
     `step_groups` and for `Dist.shard` (pass batch_size x world: each rank's stride takes
     batch_size samples of one global batch)."""
+    import torch
+
     order = epoch_order(len(lengths), seed, epoch)
     chunk = mega * batch_size
     grouped = np.concatenate(
@@ -64,6 +72,8 @@ def step_groups(order: np.ndarray, batch_size: int, accum: int) -> list[list[np.
 
 
 def pad_batch(split: PreparedSplit, indices: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    import torch
+
     rows = [split.example(int(i)) for i in indices]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)

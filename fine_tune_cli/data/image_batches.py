@@ -7,15 +7,17 @@ ones the uninterrupted run would have; then pixels are scaled to (x / 255 - mean
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fine_tune_cli.data.image_steps import apply_steps
 from fine_tune_cli.data.steps import STEPS
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.errors import RecipeError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def recipe_patch_size(recipe: Any) -> int:
@@ -66,5 +68,7 @@ class ImageBatches:
         )
 
     def pixel_values(self, split: PreparedSplit, indices: np.ndarray) -> torch.Tensor:
+        import torch
+
         scaled = (self.raw(split, indices).astype(np.float32) / 255.0 - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))

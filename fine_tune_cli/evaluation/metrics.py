@@ -10,12 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 ECE_BINS = 15
 
@@ -34,6 +28,13 @@ def classification_metrics(
     count as a zero; `per_class` and `confusion_matrix` always cover all C classes.
     `roc_auc` is present only for binary tasks whose split holds both classes.
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:

@@ -8,6 +8,7 @@ instead of comparing task names or guessing the modality from the data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,20 @@ def task_for(model: ModelSpec) -> type[Task]:
 def build_task(recipe: Recipe, prepared: Any) -> TrainingTask:
     """The run's task object for a recipe and its prepared data."""
     return task_for(recipe.model).from_recipe(recipe, prepared)
+
+
+def no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.no_grad()` as a decorator that imports torch only when called: recipe checks
+    ask the registered tasks for their rules, and importing torch costs seconds."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def batches_in_eval_mode(

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fine_tune_cli.data.batching import pad_batch
 from fine_tune_cli.errors import DataError
@@ -18,11 +16,14 @@ from fine_tune_cli.tasks.base import (
     EvalResult,
     Predictions,
     batches_in_eval_mode,
+    no_grad,
     register_task,
 )
 from fine_tune_cli.tasks.modality import TextTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
@@ -62,6 +63,8 @@ class ClassificationTask(TextTask):
     distillable = True
 
     def __init__(self, pad_id: int, label_names: list[str], class_weights: list[float] | None):
+        import torch
+
         self.pad_id = pad_id
         self.label_names = label_names
         self.class_weights = torch.tensor(class_weights) if class_weights else None
@@ -127,11 +130,13 @@ class ClassificationTask(TextTask):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of the micro-batch (the loop re-weights for accumulation)."""
+        import torch.nn.functional as F
+
         logits = self.logits(model, batch).float()
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
         return F.cross_entropy(logits, batch["labels"], weight=weight)
 
-    @torch.no_grad()
+    @no_grad
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -140,6 +145,9 @@ class ClassificationTask(TextTask):
         device: torch.device,
         autocast: Autocast,
     ) -> EvalResult:
+        import torch
+        import torch.nn.functional as F
+
         from fine_tune_cli.evaluation.metrics import classification_metrics
 
         probs, order, loss_sum = [], [], 0.0

@@ -7,15 +7,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fine_tune_cli.data.batching import pad_batch
 from fine_tune_cli.evaluation.metrics import lm_metrics
-from fine_tune_cli.tasks.base import Autocast, EvalResult, batches_in_eval_mode, register_task
+from fine_tune_cli.tasks.base import (
+    Autocast,
+    EvalResult,
+    batches_in_eval_mode,
+    no_grad,
+    register_task,
+)
 from fine_tune_cli.tasks.modality import TextTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
@@ -70,10 +76,12 @@ class CausalLMTask(TextTask):
         return shift_logits, target
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
+
         logits, target = self._token_losses(model, batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
-    @torch.no_grad()
+    @no_grad
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -82,6 +90,8 @@ class CausalLMTask(TextTask):
         device: torch.device,
         autocast: Autocast,
     ) -> EvalResult:
+        import torch.nn.functional as F
+
         loss_sum, count = 0.0, 0
         for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():
@@ -94,11 +104,13 @@ class CausalLMTask(TextTask):
             count += int((target != -100).sum())
         return EvalResult(lm_metrics(loss_sum, count))
 
-    @torch.no_grad()
+    @no_grad
     def samples(
         self, model: torch.nn.Module, split: PreparedSplit, device: torch.device
     ) -> list[dict[str, Any]]:
         """Greedy and top-k continuations of held-out prompts (fixed seed)."""
+        import torch
+
         spec = self.generate_spec
         out: list[dict[str, Any]] = []
         if not len(split) or not spec.samples:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from fine_tune_cli.data.image_batches import ImageBatches, recipe_patch_size
 from fine_tune_cli.tasks.base import Autocast, EvalResult, Modality, Predictions, register_task
@@ -15,6 +14,8 @@ from fine_tune_cli.tasks.classification import ClassificationTask, count_labels,
 from fine_tune_cli.tasks.modality import ImageTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
@@ -63,6 +64,8 @@ class ImageClassificationTask(ImageTask, ClassificationTask):
         self.images.epoch = epoch
 
     def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = {"pixel_values": self.images.pixel_values(split, indices)}
         if split.labels is not None:
             batch["labels"] = torch.from_numpy(

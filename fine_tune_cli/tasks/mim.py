@@ -7,16 +7,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fine_tune_cli.data.image_batches import ImageBatches, recipe_patch_size
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.models.registry import FAMILIES
-from fine_tune_cli.tasks.base import Autocast, EvalResult, batches_in_eval_mode, register_task
+from fine_tune_cli.tasks.base import (
+    Autocast,
+    EvalResult,
+    batches_in_eval_mode,
+    no_grad,
+    register_task,
+)
 from fine_tune_cli.tasks.modality import ImageTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
 
@@ -85,6 +91,8 @@ class MaskedImageTask(ImageTask):
 
     def masks(self, indices: np.ndarray, key: int) -> torch.Tensor:
         """(B, num_patches) bool: exactly n_masked blocks per image, seeded per example."""
+        import torch
+
         blocks = np.zeros((len(indices), self.grid * self.grid), dtype=bool)
         for row, index in zip(blocks, indices, strict=True):
             rng = np.random.default_rng([self.seed, key, int(index)])
@@ -110,7 +118,7 @@ class MaskedImageTask(ImageTask):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
-    @torch.no_grad()
+    @no_grad
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -119,6 +127,8 @@ class MaskedImageTask(ImageTask):
         device: torch.device,
         autocast: Autocast,
     ) -> EvalResult:
+        import torch.nn.functional as F
+
         loss_sum, abs_sum, masked_values = 0.0, 0.0, 0.0
         for idx, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():

@@ -11,21 +11,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fine_tune_cli.data.batching import pad_batch
 from fine_tune_cli.evaluation.metrics import lm_metrics
-from fine_tune_cli.tasks.base import Autocast, EvalResult, batches_in_eval_mode, register_task
+from fine_tune_cli.tasks.base import (
+    Autocast,
+    EvalResult,
+    batches_in_eval_mode,
+    no_grad,
+    register_task,
+)
 from fine_tune_cli.tasks.modality import TextTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
 
 
 def batch_generator(seed: int, indices: np.ndarray) -> torch.Generator:
+    import torch
+
     digest = zlib.crc32(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return torch.Generator().manual_seed(seed * 1_000_003 + digest)
 
@@ -41,6 +49,8 @@ class MaskedLMTask(TextTask):
     nsp = False  # mlm_nsp adds next-sentence prediction
 
     def __init__(self, tokenizer: Any, spec: Any, seed: int):
+        import torch
+
         self.pad_id = tokenizer.pad_token_id
         self.mask_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
@@ -72,6 +82,8 @@ class MaskedLMTask(TextTask):
         self, ids: torch.Tensor, attention: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input ids, labels with -100 where nothing is predicted)."""
+        import torch
+
         spec = self.spec
         candidates = (~self.special[ids]) & attention.bool()
         if spec.whole_word:
@@ -98,6 +110,8 @@ class MaskedLMTask(TextTask):
         return masked, labels
 
     def collate(self, split: PreparedSplit, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = pad_batch(split, indices, self.pad_id)
         nsp_labels = batch.pop("labels", None)
         gen = batch_generator(self.seed, indices)
@@ -129,6 +143,8 @@ class MaskedLMTask(TextTask):
         return logits.float(), (out.seq_relationship_logits.float() if self.nsp else None)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
+
         logits, nsp_logits = self.outputs(model, batch)
         # Sum over masked tokens / their count (at least 1): a short batch (an epoch's last
         # one can hold a single pair) may have no token selected, and a plain mean over
@@ -140,7 +156,7 @@ class MaskedLMTask(TextTask):
             loss = loss + F.cross_entropy(nsp_logits, batch["next_sentence_label"])
         return loss
 
-    @torch.no_grad()
+    @no_grad
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -149,6 +165,8 @@ class MaskedLMTask(TextTask):
         device: torch.device,
         autocast: Autocast,
     ) -> EvalResult:
+        import torch.nn.functional as F
+
         loss_sum, count, correct, nsp_correct, nsp_loss, n = 0.0, 0, 0, 0, 0.0, 0
         for _, batch in batches_in_eval_mode(self, model, split, batch_size, device):
             with autocast():

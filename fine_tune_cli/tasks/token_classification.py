@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fine_tune_cli.data.batching import pad_batch
 from fine_tune_cli.errors import DataError, RecipeError
@@ -29,11 +27,14 @@ from fine_tune_cli.tasks.base import (
     EvalResult,
     Predictions,
     batches_in_eval_mode,
+    no_grad,
     register_task,
 )
 from fine_tune_cli.tasks.modality import TextTask
 
 if TYPE_CHECKING:
+    import torch
+
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
@@ -308,7 +309,7 @@ class TokenClassificationTask(TextTask):
         words are all null-tagged gives 0, not NaN."""
         return summed_loss(self.logits(model, batch), batch["labels"]) / self.units(batch)
 
-    @torch.no_grad()
+    @no_grad
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -343,6 +344,8 @@ def per_token(
     split: PreparedSplit, key: str, indices: np.ndarray, shape: tuple[int, ...]
 ) -> torch.Tensor:
     """A per-sub-token array of the split for a batch, padded with IGNORE."""
+    import torch
+
     out = np.full(tuple(shape), IGNORE, dtype=np.int64)
     values = split.extra[key]
     for j, i in enumerate(indices):
@@ -353,6 +356,8 @@ def per_token(
 
 def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy summed over the annotated positions (IGNORE elsewhere)."""
+    import torch.nn.functional as F
+
     logits = logits.float()
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
@@ -367,6 +372,8 @@ def predict_rows(loaded: Any, records: list[Record], batch_size: int = 64) -> li
     """`{"id", "tokens", "tags", "scores"}` per sentence: each word's argmax tag on its
     first sub-token and that tag's probability; a word cut off by data.max_length gets
     null for both."""
+    import torch
+
     ids, word_ids = encode_words(
         loaded.tokenizer, [r["tokens"] for r in records], loaded.recipe.data.max_length
     )

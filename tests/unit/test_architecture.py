@@ -228,3 +228,20 @@ def test_no_function_over_100_lines(folder: str) -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.name}:{node.lineno} {node.name}: {lines} lines")
     assert not long, "split these functions:\n" + "\n".join(long)
+
+
+def test_loading_a_recipe_imports_neither_torch_nor_sklearn() -> None:
+    """`ftc recipes show`, `--dry-run` checks and the recipe half of every command ask the
+    registered tasks for their rules; importing torch and scikit-learn for that took ~5 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fine_tune_cli.recipe import load_recipe; load_recipe('demo');"
+        "from fine_tune_cli.tasks import TASKS, task_for;"
+        "heavy = [m for m in ('torch', 'sklearn', 'transformers') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"loading a recipe imported {out.stdout.strip()}"
