@@ -32,9 +32,13 @@ test-slow: install
 fuzz: install
 	FTC_FUZZ_SCALE=10 $(VENV)/bin/pytest -q tests/fuzz --hypothesis-show-statistics
 
-# ftc vs the stock transformers Trainer, same model/data/steps (README "Results and benchmarks")
+# ftc vs the stock and best-configured transformers Trainer and a bare loop, same
+# model/data/steps, on the KJV headline workload (docs/benchmarks.md; run on an idle machine)
+BENCH_REPEATS ?= 5
+BENCH_STEPS ?= 300
 bench: install
-	$(PY) scripts/bench.py demo --runs 3 train.max_steps=150
+	$(PY) scripts/bench.py kjv --repeats $(BENCH_REPEATS) --steps $(BENCH_STEPS) \
+		--md-out docs/benchmarks.md --json-out docs/benchmarks-kjv.json
 
 lint: install
 	$(VENV)/bin/ruff check .
