@@ -43,6 +43,8 @@ RESUME_FREE = {
     "train.eval_batch_size",
     "train.device",
     "train.compile",
+    "train.attention",  # a kernel choice, like compile
+    "train.prefetch",  # collation timing only: the batches are the same
     "train.early_stopping.patience",
     "train.early_stopping.min_delta",
     "train.best_metric",
@@ -201,6 +203,11 @@ def _model(
 
     ctx = task_for(recipe.model).build_context(recipe, prepared)
     model = build_model(recipe.model, ctx)
+    if recipe.train.attention != "auto":
+        try:
+            model.set_attn_implementation(recipe.train.attention)
+        except (ValueError, ImportError) as exc:
+            raise RecipeError(f"train.attention: {recipe.train.attention}: {exc}") from None
     log.info("model: %s", describe_model(model))
     if ctx.init_dir is not None:
         log.info("initialised from %s", ctx.init_dir)
@@ -267,7 +274,7 @@ def _train(
     """Model, optimizer, schedule, state (restored on resume), then the loop."""
     from fine_tune_cli.console import Progress
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
-    from fine_tune_cli.engine.runtime import seed_everything, set_rng_state
+    from fine_tune_cli.engine.runtime import runtime_switches, seed_everything, set_rng_state
     from fine_tune_cli.engine.trainer import TrainerState, Training, fit, total_steps
     from fine_tune_cli.models.registry import FAMILIES
 
@@ -276,6 +283,9 @@ def _train(
     model = _model(recipe, prepared, weights, resume_from, device, dist)
     heads = FAMILIES.get(recipe.model.family).head_modules
     optimizer = build_optimizer(model, recipe.optim, heads)
+    if dist.is_main:  # which fast paths this run took (GPU throughput depends on them)
+        switches = runtime_switches(model, optimizer, recipe, device)
+        write_json_atomic(run.provenance_file, run.provenance() | {"runtime": switches})
     steps = total_steps(recipe, len(prepared.splits["train"]), dist.world)
     schedule = Schedule(optimizer, recipe.schedule, steps)
     state = TrainerState()

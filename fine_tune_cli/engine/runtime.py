@@ -137,3 +137,30 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
         return {k: v.to(device) for k, v in batch.items()}
     # Pinned host memory lets the copy overlap with compute (non_blocking).
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def runtime_switches(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Any, device: torch.device
+) -> dict[str, Any]:
+    """The GPU-path switches a run took, for provenance: attention kernel, optimizer
+    implementation, compile, precision, and the FLOPs figures behind its MFU."""
+    from fine_tune_cli.engine.checkpoint import unwrap
+    from fine_tune_cli.engine.flops import model_shape, peak_flops
+
+    inner = unwrap(model)
+    group = optimizer.param_groups[0]
+    impl = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+    shape = model_shape(inner)
+    return {
+        "attn_implementation": getattr(inner.config, "_attn_implementation", None),
+        "optimizer_impl": impl,
+        "compile": recipe.train.compile,
+        "precision": recipe.train.precision,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "peak_flops": peak_flops(device),
+        "matmul_weights": shape.matmul_weights,
+        # at data.max_length for text; at the patch count (+[CLS]) for images
+        "flops_per_token": shape.flops_per_token(
+            None if getattr(inner.config, "image_size", None) else recipe.data.max_length
+        ),
+    }

@@ -365,6 +365,9 @@ class TrainSpec(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Compute precision.")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")
     compile: bool = Field(False, description="torch.compile the model (no gain on CPU).")
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="Attention kernel; auto: transformers' choice (SDPA where supported)."
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     distill: DistillSpec | None = Field(
         None, description="Train against a teacher's soft labels (classification)."
