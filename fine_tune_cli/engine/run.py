@@ -220,7 +220,10 @@ def _model(
     model.to(device)
     model = dist.wrap(model, device)
     if recipe.train.compile:
-        model = torch.compile(model)
+        # Padded batches change width every step: one graph with a symbolic sequence
+        # length instead of a recompile per width. Packed blocks and images keep static
+        # shapes (dynamic=None: torch decides, static first).
+        model = torch.compile(model, dynamic=True if task_for(recipe.model).pads_batches else None)
     return model
 
 

@@ -146,6 +146,7 @@ def runtime_switches(
     implementation, compile, precision, and the FLOPs figures behind its MFU."""
     from fine_tune_cli.engine.checkpoint import unwrap
     from fine_tune_cli.engine.flops import model_shape, peak_flops
+    from fine_tune_cli.tasks import task_for
 
     inner = unwrap(model)
     group = optimizer.param_groups[0]
@@ -155,6 +156,7 @@ def runtime_switches(
         "attn_implementation": getattr(inner.config, "_attn_implementation", None),
         "optimizer_impl": impl,
         "compile": recipe.train.compile,
+        "compile_dynamic": recipe.train.compile and task_for(recipe.model).pads_batches,
         "precision": recipe.train.precision,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "peak_flops": peak_flops(device),

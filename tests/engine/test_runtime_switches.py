@@ -28,7 +28,8 @@ def test_provenance_records_the_runtime_switches(ftc, tmp_path, attention, expec
     runtime = json.loads((run / "provenance.json").read_text())["runtime"]
     assert runtime["attn_implementation"] == expected
     assert runtime["optimizer_impl"] == "foreach"  # fused is the CUDA path
-    assert runtime["compile"] is False and runtime["precision"] == "fp32"
+    assert runtime["compile"] is False and runtime["compile_dynamic"] is False
+    assert runtime["precision"] == "fp32"
     assert runtime["device_name"] is None and runtime["peak_flops"] is None
     # tiny BERT (d=64, 2 layers, FFN 256, 2 labels) at data.max_length=64
     n = 2 * (4 * 64 * 64 + 2 * 64 * 256) + 64 * 64 + 64 * 2
