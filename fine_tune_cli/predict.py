@@ -16,20 +16,19 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from fine_tune_cli.data.sources import STDIN
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError, OutputError, RecipeError
 from fine_tune_cli.recipe import Recipe
 
 log = logging.getLogger("ftc")
 
-STDIN = "-"
 BATCH_SIZE = 64
 
 
@@ -79,51 +78,16 @@ def read_inputs(source: str, recipe: Recipe) -> list[Record]:
     """Rows of a csv/jsonl/txt file (by extension) or stdin (jsonl when the first line is
     a JSON object, else one text per line), using the recipe's text column; labels,
     groups and the recipe's row limit do not apply."""
-    from fine_tune_cli.data.sources import EXTENSIONS, read_source
+    from fine_tune_cli.data.sources import read_input, read_source
 
     base = recipe.data.source.model_copy(
         update={"format": "auto", "label": None, "group": None, "limit": None}
     )
-    if source != STDIN:
-        path = Path(source)
-        suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-        known = bool(suffixes) and suffixes[-1] in EXTENSIONS
-        fmt = "auto" if known else _sniff(path.read_bytes()[:4096])
-        return read_source(
-            base.model_copy(update={"path": source, "format": fmt}), need_label=False
-        )
-    data = sys.stdin.buffer.read()
-    fd, tmp = tempfile.mkstemp(prefix="ftc-stdin-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        spec = base.model_copy(update={"path": tmp, "format": _sniff(data)})
-        try:
-            return read_source(spec, need_label=False)
-        except DataError as exc:
-            raise DataError(exc.message.replace(tmp, "<stdin>")) from None
-    finally:
-        os.unlink(tmp)
 
+    def read(path: str, fmt: str) -> list[Record]:
+        return read_source(base.model_copy(update={"path": path, "format": fmt}), need_label=False)
 
-def _head(path: Path, size: int = 4096) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(size)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read input ({exc.strerror})") from None
-
-
-def _sniff(head: bytes) -> str:
-    import gzip
-
-    if head[:2] == b"\x1f\x8b":
-        try:
-            head = gzip.decompress(head)
-        except (OSError, EOFError):
-            head = b""  # a truncated member: the start is enough for most files
-    first = next((line for line in head.splitlines() if line.strip()), b"")
-    return "jsonl" if first.lstrip().startswith(b"{") else "txt"
+    return read_input(source, read, trust_extension=True)
 
 
 def clean(records: list[Record], recipe: Recipe) -> list[Record]:

@@ -320,3 +320,51 @@ def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Recor
 SOURCES.add("csv", text_source(_read_csv, _labelled_text))
 SOURCES.add("jsonl", text_source(_read_jsonl, _labelled_text))
 SOURCES.add("txt", text_source(_read_txt, _txt_columns))
+
+
+STDIN = "-"
+
+
+def lines_format(head: bytes) -> str:
+    """ "jsonl" when the first non-blank line (of a gzip member too) is a JSON object, else
+    "txt": how `ftc predict` reads an input whose name does not say."""
+    import zlib
+
+    if head[:2] == GZIP_MAGIC:  # a truncated member is fine: its start is enough
+        head = zlib.decompressobj(wbits=31).decompress(head)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    return "jsonl" if first.lstrip().startswith(b"{") else "txt"
+
+
+def read_input(
+    source: str, read: Callable[[str, str], list[Record]], *, trust_extension: bool = False
+) -> list[Record]:
+    """`ftc predict` inputs: `read(path, format)` on a file, or on stdin (`-`) spooled to a
+    temp file so every reader works on a path; errors name <stdin>, not the temp file.
+    With trust_extension a known extension (.csv, .jsonl, ...) picks the format itself."""
+    import os
+    import sys
+    import tempfile
+
+    if source != STDIN:
+        path = Path(source)
+        suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+        if trust_extension and suffixes and suffixes[-1] in EXTENSIONS:
+            return read(source, "auto")
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(4096)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read input ({exc.strerror})") from None
+        return read(source, lines_format(head))
+    data = sys.stdin.buffer.read()
+    fd, tmp = tempfile.mkstemp(prefix="ftc-stdin-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            return read(tmp, lines_format(data[:4096]))
+        except DataError as exc:
+            raise DataError(exc.message.replace(tmp, "<stdin>")) from None
+    finally:
+        os.unlink(tmp)

@@ -16,16 +16,11 @@ Every malformed row is a DataError naming the file and line.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from fine_tune_cli.data.sources import (
-    GZIP_MAGIC,
     _check_file,
     _format_from_name,
     _group_value,
@@ -33,6 +28,7 @@ from fine_tune_cli.data.sources import (
     _missing,
     _open_text,
     jsonl_objects,
+    read_input,
 )
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError, RecipeError
@@ -187,36 +183,8 @@ def read_prediction_inputs(source: str, spec: SourceSpec) -> list[Record]:
     data.source.text, e.g. "tokens"; any tags are ignored) or plain text, one sentence per
     line split on whitespace; jsonl when the first line is a JSON object. `-` is stdin."""
     base = spec.model_copy(update={"label": None, "group": None, "limit": None})
-    if source != "-":
-        fmt = "jsonl" if _starts_with_object(_head(Path(source))) else "txt"
-        return read_tagged(base.model_copy(update={"path": source, "format": fmt}), need_tags=False)
-    data = sys.stdin.buffer.read()
-    fd, tmp = tempfile.mkstemp(prefix="ftc-stdin-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        fmt = "jsonl" if _starts_with_object(data[:4096]) else "txt"
-        try:
-            return read_tagged(
-                base.model_copy(update={"path": tmp, "format": fmt}), need_tags=False
-            )
-        except DataError as exc:
-            raise DataError(exc.message.replace(tmp, "<stdin>")) from None
-    finally:
-        os.unlink(tmp)
 
+    def read(path: str, fmt: str) -> list[Record]:
+        return read_tagged(base.model_copy(update={"path": path, "format": fmt}), need_tags=False)
 
-def _head(path: Path, size: int = 4096) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(size)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read input ({exc.strerror})") from None
-
-
-def _starts_with_object(head: bytes) -> bool:
-    if head[:2] == GZIP_MAGIC:
-        # The head of a gzip member: decompress what is there (a truncated stream is fine).
-        head = zlib.decompressobj(wbits=31).decompress(head)
-    first = next((line for line in head.splitlines() if line.strip()), b"")
-    return first.lstrip().startswith(b"{")
+    return read_input(source, read)
