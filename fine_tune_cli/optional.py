@@ -15,6 +15,7 @@ EXTRAS: dict[str, str] = {
     "onnxruntime": "export",
     "onnxscript": "export",
     "tensorboard": "tensorboard",
+    "captum": "explain",
 }
 
 

@@ -54,6 +54,7 @@ RESUME_FREE = {
     "train.distributed.strategy",
     "train.distributed.timeout_s",
     "log",
+    "eval",  # what ftc eval adds to its report
     "export",
     "generate",
 }
@@ -303,7 +304,13 @@ def _train(
         log.info("resumed from %s at step %d", resume_from, state.step)
     task = _task(recipe, prepared, device)
     save_best = _best_saver(recipe, prepared, run, model, dist)
-    progress = Progress(steps, state.step)
+    progress = Progress(
+        steps,
+        every=recipe.log.progress_every,
+        start=state.step,
+        first_line=True,
+        enabled=dist.is_main,
+    )
     try:
         training = Training(
             recipe=recipe,
