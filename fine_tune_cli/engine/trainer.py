@@ -93,7 +93,13 @@ def total_steps(recipe: Recipe, n_train: int, world: int) -> int:
 
 
 class ProgressLike(Protocol):
-    def update(self, step: int, status: str = "") -> None: ...
+    def update(
+        self,
+        completed: int,
+        *,
+        fields: dict[str, Any] | None = None,
+        counts: dict[str, float] | None = None,
+    ) -> None: ...
 
 
 @dataclass
@@ -343,7 +349,15 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
                     }
                     if state.step % t.recipe.log.every == 0 or state.step == 1:
                         _log_step(t, state, group, batches, numbers, telemetry)
-                    t.progress.update(state.step, f"loss {loss_value:.4f}")
+                    t.progress.update(
+                        state.step,
+                        fields={
+                            "epoch": state.epoch + (1 if state.step_in_epoch else 0),
+                            "loss": f"{loss_value:.4f}",
+                            "lr": f"{t.schedule.last_lr():.1e}",
+                        },
+                        counts={"samples": sum(len(i) for i in group) * t.dist.world},
+                    )
                     final = state.step >= steps_total
                     due_eval = (spec.eval_every == "epoch" and epoch_done) or (
                         isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0

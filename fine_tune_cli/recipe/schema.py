@@ -445,6 +445,12 @@ class LogSpec(Strict):
         description="Seconds between progress lines (step, loss, lr, samples/s, eta) when"
         " stderr is not a terminal (cron, CI); also at step 1. 0: none. A terminal gets a bar.",
     )
+    progress_every: float = Field(
+        30,
+        ge=0,
+        description="Seconds between progress lines (step, loss, lr, samples/s, eta) when"
+        " stderr is not a terminal (cron, CI); also at step 1. 0: none. A terminal gets a bar.",
+    )
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs the extra).")
 
 
