@@ -435,6 +435,11 @@ class EvalSpec(Strict):
         description="ftc eval (classifiers): explain N misclassified examples in the report"
         " (Integrated Gradients; needs the explain extra).",
     )
+    baseline: bool = Field(
+        True,
+        description="ftc eval (classifiers): also fit a scikit-learn baseline on the train"
+        " split (TF-IDF + logistic regression; pixels for images); false skips it.",
+    )
 
 
 class LogSpec(Strict):
