@@ -145,6 +145,15 @@ class Task(Protocol):
         """The object one run trains and evaluates with."""
         ...
 
+    @classmethod
+    def baseline(
+        cls, recipe: Recipe, prepared: Any, split: PreparedSplit, texts: list[str]
+    ) -> dict[str, Any]:
+        """`ftc eval`: a classic scikit-learn model fitted on the prepared train split and
+        scored on `split` (`baseline_accuracy`, `baseline_f1_macro`, `baseline`); {} for
+        tasks without one."""
+        ...
+
 
 class TrainingTask(Protocol):
     """The per-run object the training loop, eval, export parity and predict call."""
