@@ -29,13 +29,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ftc")
 
-# Recipe keys that may change between a checkpoint and its resume (they do not change
-# the result). Everything else under model/data/optim/schedule/train must match.
+# Recipe keys that may change between a checkpoint and its resume; every other key under
+# model/data/optim/schedule/train must match, or resume is refused listing the keys. Most
+# do not change the result (names, paths, cadence of logging/eval/saving, kernels). Two
+# kinds do: the run's length (train.max_steps, train.epochs), which extends or shortens
+# the run, and early-stopping patience. A new length recomputes the LR schedule for it
+# from the checkpoint's step on (logged), so the result is not bitwise that of an
+# uninterrupted run of the new length.
 RESUME_FREE = {
     "name",
     "description",
     "data.cache_dir",
     "data.source.path",  # compared by content hash instead
+    "train.max_steps",  # the run's length: the LR schedule is recomputed (_resumed)
+    "train.epochs",
     "train.eval_every",
     "train.save_every",
     "train.keep_last",
@@ -71,16 +78,23 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) -> list[str]:
+def _differences(old: Recipe, new: Recipe, free: bool) -> list[str]:
+    """`key (old -> new)` for each differing key in RESUME_FREE (free) or outside it."""
     from fine_tune_cli.hub import same_files
 
     a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
     changed = []
     for key in sorted(set(a) | set(b)):
-        if any(key == free or key.startswith(free + ".") for free in RESUME_FREE):
+        if any(key == k or key.startswith(k + ".") for k in RESUME_FREE) != free:
             continue
         if a.get(key) != b.get(key) and not same_files(key, a.get(key), b.get(key)):
             changed.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
+    return changed
+
+
+def resume_mismatches(old: Recipe, new: Recipe, old_world: int, new_world: int) -> list[str]:
+    """What resume refuses: differing keys outside RESUME_FREE, and the global batch."""
+    changed = _differences(old, new, free=False)
     g_old = old.train.batch_size * old.train.grad_accum * old_world
     g_new = new.train.batch_size * new.train.grad_accum * new_world
     if g_old != g_new:
@@ -170,7 +184,74 @@ def _load_resume(
         raise RecipeError(
             f"--resume: {resume_from} was trained with a different recipe: " + "; ".join(changed)
         )
+    # In memory only, for _train to act on and log (into train.log, opened after this).
+    saved["allowed_changes"] = _differences(old, recipe, free=True)
+    saved["schedule_steps"] = _schedule_steps(old, recipe, len(prepared.splits["train"]), saved)
     return weights, saved
+
+
+def _schedule_steps(old: Recipe, new: Recipe, n_train: int, saved: dict[str, Any]) -> int:
+    """The length the checkpoint's LR schedule was made for (train.max_steps / train.epochs
+    may change on resume; _resumed recomputes the schedule). A run cannot be cut short of
+    the step its checkpoint is at."""
+    from fine_tune_cli.engine.trainer import total_steps
+
+    before = total_steps(old, n_train, saved["world"])
+    after = total_steps(new, n_train, saved["world"])  # the global batch is unchanged
+    step = saved["trainer"]["step"]
+    if after < step:
+        raise RecipeError(
+            f"--resume: the checkpoint is at step {step}, past the {after} steps that"
+            " train.max_steps / train.epochs now give; set a length of at least"
+            f" {step} steps (was {before})"
+        )
+    return before
+
+
+def _resumed(saved: dict[str, Any], schedule: Any, steps: int, step: int) -> None:
+    """Log what changed since the checkpoint (RESUME_FREE keys only: others were refused);
+    for a new length, recompute the LR schedule and say the result is therefore not bitwise
+    that of an uninterrupted run of that length."""
+    if saved.get("allowed_changes"):
+        log.info("resume: changed since the checkpoint: %s", "; ".join(saved["allowed_changes"]))
+    before = saved.get("schedule_steps", steps)
+    if before == steps:
+        return
+    _recompute_lr(schedule)
+    log.info(
+        "resume: run length %d -> %d steps; the LR schedule is recomputed for %d steps from"
+        " step %d, so the result is not bitwise that of an uninterrupted %d-step run",
+        before,
+        steps,
+        steps,
+        step,
+        steps,
+    )
+
+
+def _recompute_lr(schedule: Any) -> None:
+    """After loading the state of a schedule made for another length: the optimizer's LRs
+    as this schedule gives them at the checkpoint's step (the saved ones follow the old
+    length and would drive the first step after resume)."""
+    lambda_lr = schedule.lambda_lr
+    groups = lambda_lr.optimizer.param_groups
+    for group, base, factor in zip(groups, lambda_lr.base_lrs, lambda_lr.lr_lambdas, strict=True):
+        group["lr"] = base * factor(lambda_lr.last_epoch)
+
+
+def _early_stop_lifted(recipe: Recipe, state: Any) -> None:
+    """A checkpoint that stopped early continues when the resume's patience (raised, or
+    off) is no longer reached by its evals without improvement."""
+    patience = recipe.train.early_stopping.patience
+    if not state.stopped_early or (patience and state.bad_evals >= patience):
+        return
+    state.stopped_early = False
+    log.info(
+        "resume: the checkpoint stopped early after %d evals without improvement; with"
+        " train.early_stopping.patience %s training continues",
+        state.bad_evals,
+        patience,
+    )
 
 
 def _start_provenance(
@@ -299,9 +380,11 @@ def _train(
         precision.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         state = TrainerState(**saved["trainer"])
+        _early_stop_lifted(recipe, state)
         if dist.is_main:
             run.truncate_history(state.step)
         log.info("resumed from %s at step %d", resume_from, state.step)
+        _resumed(saved, schedule, steps, state.step)
     task = _task(recipe, prepared, device)
     save_best = _best_saver(recipe, prepared, run, model, dist)
     progress = Progress(
