@@ -116,6 +116,27 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("FTC_RUNS_DIR") or "runs")
 
 
+def locate(arg: str | Path) -> Path:
+    """A RUN_DIR / MODEL_DIR argument: the path as given when it exists; else, when
+    relative, the same under $FTC_RUNS_DIR, then ./runs (`ftc eval demo` finds the run
+    `ftc train demo` made wherever run dirs go); else as given, for the caller's error."""
+    path = Path(arg)
+    if path.exists() or path.is_absolute():
+        return path
+    for root in dict.fromkeys((default_runs_dir(), Path("runs"))):
+        if (root / path).exists():
+            return root / path
+    return path
+
+
+def searched(path: str | Path) -> str:
+    """Where `locate` looked, for a "not found" message."""
+    if Path(path).is_absolute():
+        return ""
+    roots = ", ".join(str(r) for r in dict.fromkeys((default_runs_dir(), Path("runs"))))
+    return f" (also looked under {roots})"
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -14,7 +14,9 @@ from fine_tune_cli.runs import (
     RECIPE_LOCK,
     RunDir,
     inspect_path,
+    locate,
     read_recipe_lock,
+    searched,
 )
 
 
@@ -27,11 +29,12 @@ class Target:
 
 def resolve_target(path: str | Path) -> Target:
     """eval/export: a run dir (its best/, else its newest checkpoint), a checkpoint, or a
-    model dir made by ftc (its manifest carries the recipe)."""
-    info = inspect_path(path)
-    path = info.path
+    model dir made by ftc (its manifest carries the recipe). A name that is not a path is
+    looked up under $FTC_RUNS_DIR, then ./runs."""
+    info = inspect_path(locate(path))
     if info.kind == "missing":
-        raise RecipeError(f"{path}: no such run dir, checkpoint or model dir")
+        raise RecipeError(f"{path}: no such run dir, checkpoint or model dir{searched(path)}")
+    path = info.path
     if info.kind == "run":
         model_dir = info.best or info.latest
         if model_dir is None:

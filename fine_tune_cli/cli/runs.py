@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -15,7 +14,10 @@ app = typer.Typer(help="Inspect run directories.", no_args_is_help=True)
 @app.command("list")
 def list_runs(
     directory: str = typer.Argument(
-        None, metavar="DIR", help="Folder holding run dirs (default: $FTC_RUNS_DIR, else ./runs)."
+        None,
+        metavar="DIR",
+        help="Folder holding run dirs (default: $FTC_RUNS_DIR, else ./runs); a name that is"
+        " not a path is looked up under them.",
     ),
     json_mode: bool = JSON_OPTION,
 ) -> None:
@@ -29,12 +31,15 @@ def list_runs(
 
     def body() -> dict[str, Any]:
         from fine_tune_cli.errors import RecipeError
-        from fine_tune_cli.runs import default_runs_dir
+        from fine_tune_cli.runs import default_runs_dir, locate, searched
         from fine_tune_cli.runs import list_runs as scan
 
-        root = Path(directory) if directory else default_runs_dir()
+        root = locate(directory) if directory else default_runs_dir()
         if not root.is_dir():
-            raise RecipeError(f"{root}: no such directory (pass the folder that holds run dirs)")
+            where = searched(directory) if directory else ""
+            raise RecipeError(
+                f"{root}: no such directory (pass the folder that holds run dirs){where}"
+            )
         return {"outputs": {"dir": str(root)}, "runs": scan(root)}
 
     def human(p: dict[str, Any]) -> None:

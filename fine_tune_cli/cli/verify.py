@@ -38,11 +38,11 @@ def verify(
     def body() -> dict[str, Any]:
         from fine_tune_cli.errors import IntegrityError, RecipeError
         from fine_tune_cli.manifest import MANIFEST, verify_manifest
-        from fine_tune_cli.runs import RECIPE_LOCK
+        from fine_tune_cli.runs import RECIPE_LOCK, locate, searched
 
-        path = Path(directory)
+        path = locate(directory)
         if not path.is_dir():
-            raise RecipeError(f"{path}: no such directory")
+            raise RecipeError(f"{path}: no such directory{searched(directory)}")
         if (path / MANIFEST).is_file() or not (path / RECIPE_LOCK).is_file():
             manifest = verify_manifest(path)
             return {"outputs": {"dir": str(path)}, "files": len(manifest["files"]), "dirs": 1}

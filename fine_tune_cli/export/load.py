@@ -13,7 +13,7 @@ from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.export.base import RunFn
 from fine_tune_cli.manifest import MANIFEST, verify_manifest
 from fine_tune_cli.recipe import Recipe, validate_tree
-from fine_tune_cli.runs import BEST, inspect_path
+from fine_tune_cli.runs import BEST, inspect_path, locate, searched
 
 
 @dataclass
@@ -28,10 +28,14 @@ class LoadedModel:
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """An export dir or best/ as given, or a run dir's best/."""
-    info = inspect_path(path)
+    """An export dir or best/ as given, or a run dir's best/ (a name that is not a path:
+    looked up under $FTC_RUNS_DIR, then ./runs)."""
+    info = inspect_path(locate(path))
     if info.kind == "missing":
-        raise RecipeError(f"{path}: no such model dir (an export dir, best/ or a run dir)")
+        raise RecipeError(
+            f"{path}: no such model dir (an export dir, best/ or a run dir){searched(path)}"
+        )
+    path = info.path
     if info.has_manifest:
         return path
     if info.kind == "run":

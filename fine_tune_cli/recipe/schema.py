@@ -418,6 +418,12 @@ class GenerateSpec(Strict):
     samples: int = Field(4, ge=0, description="clm eval: continuations written to the report.")
     max_new_tokens: int = Field(40, ge=1, description="Tokens generated per continuation.")
     top_k: int = Field(40, ge=1, description="Top-k of the sampled continuation (plus greedy).")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: smallest token set of this mass (1: off)."
+    )
+    temperature: float = Field(
+        1.0, ge=0, description="Temperature of sampled continuations (0: greedy decoding)."
+    )
     prompt_tokens: int = Field(16, ge=1, description="Held-out tokens used as the prompt.")
 
 

@@ -36,6 +36,21 @@ class EvalResult:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. probs/labels for reports
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How `generate()` continues a prompt (eval report samples, `ftc generate`)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy decoding
+    top_k: int | None = None  # None: no top-k cut
+    top_p: float | None = None  # None or 1: no nucleus cut
+    num_return_sequences: int = 1
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+
 @dataclass
 class Predictions:
     """What `ftc predict` writes (rows) and summarises (counts per predicted label)."""
@@ -61,7 +76,7 @@ class Task(Protocol):
     not_exportable: ClassVar[str | None]  # why `ftc export` refuses it; None: exportable
     predictable: ClassVar[bool]  # `ftc predict` labels new inputs with it
     evaluates_new_files: ClassVar[bool]  # `ftc eval --data FILE` is supported
-    generates_samples: ClassVar[bool]  # `samples()` shows generated text in eval reports
+    generates_samples: ClassVar[bool]  # eval reports show samples(); `ftc generate` works
     distillable: ClassVar[bool]  # train.distill applies (the task has logits and labels)
     encoder_revision: ClassVar[int | None]  # bump when encode() output changes (data hash)
     augments_batches: ClassVar[bool]  # data.augment runs in collate (per epoch), not prepare
@@ -143,6 +158,19 @@ class Task(Protocol):
     @classmethod
     def from_recipe(cls, recipe: Recipe, prepared: Any) -> TrainingTask:
         """The object one run trains and evaluates with."""
+        ...
+
+    @classmethod
+    def continue_text(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        prompt: str,
+        sampling: Sampling,
+        seed: int,
+        streamer: Any = None,
+    ) -> list[str]:
+        """`ftc generate`: continuations of a prompt (only when generates_samples)."""
         ...
 
     @classmethod

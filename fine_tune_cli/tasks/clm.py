@@ -1,8 +1,10 @@
 """GPT-2 causal language modelling: next-token prediction on packed blocks (documents
-joined with EOS, no padding inside a block); eval reports show generated samples."""
+joined with EOS, no padding inside a block); eval reports show generated samples and
+`ftc generate` continues prompts, both through transformers' generate()."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from fine_tune_cli.evaluation.metrics import lm_metrics
 from fine_tune_cli.tasks.base import (
     Autocast,
     EvalResult,
+    Sampling,
     batches_in_eval_mode,
     no_grad,
     register_task,
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
+
+log = logging.getLogger("ftc")
 
 
 @register_task
@@ -115,6 +120,12 @@ class CausalLMTask(TextTask):
         out: list[dict[str, Any]] = []
         if not len(split) or not spec.samples:
             return out
+        modes = {
+            "greedy": Sampling(spec.max_new_tokens, temperature=0),
+            f"top-{spec.top_k}": Sampling(
+                spec.max_new_tokens, spec.temperature, spec.top_k, spec.top_p
+            ),
+        }
         picks = np.linspace(0, len(split) - 1, num=min(spec.samples, len(split))).astype(int)
         for i in picks:
             prompt = (
@@ -125,16 +136,63 @@ class CausalLMTask(TextTask):
                 .to(device)
             )
             prompt_text = self.tokenizer.decode(prompt[0])
-            for mode in ("greedy", f"top-{spec.top_k}"):
-                torch.manual_seed(self.seed + int(i))  # generate() samples from the global RNG
-                ids = model.generate(
-                    prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=spec.max_new_tokens,
-                    do_sample=mode != "greedy",
-                    top_k=spec.top_k if mode != "greedy" else None,
-                    pad_token_id=self.pad_id,
-                )
-                text = self.tokenizer.decode(ids[0, prompt.shape[1] :])
+            for mode, sampling in modes.items():
+                ids = _generate(model, prompt, sampling, self.seed + int(i), self.pad_id)
+                text = self.tokenizer.decode(ids[0])
                 out.append({"text": prompt_text, "decoding": mode, "continuation": text})
         return out
+
+    @classmethod
+    @no_grad
+    def continue_text(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        prompt: str,
+        sampling: Sampling,
+        seed: int,
+        streamer: Any = None,
+    ) -> list[str]:
+        """Continuations of `prompt`, which starts a document as training saw them: after
+        EOS (documents are joined with EOS), so an empty prompt is a fresh document too."""
+        import torch
+
+        ids = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        room = model.config.max_position_embeddings - sampling.max_new_tokens
+        if len(ids) > room:  # keep the end of a long prompt: it is what gets continued
+            log.warning("prompt of %d tokens cut to its last %d (the context)", len(ids), room)
+            ids = ids[-max(room, 1) :]
+        tensor = torch.as_tensor([ids], dtype=torch.long, device=model.device)
+        out = _generate(model, tensor, sampling, seed, tokenizer.pad_token_id, streamer)
+        return [tokenizer.decode(row, skip_special_tokens=True) for row in out]
+
+
+def _generate(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    sampling: Sampling,
+    seed: int,
+    pad_id: int | None,
+    streamer: Any = None,
+) -> torch.Tensor:
+    """transformers' generate() on one (1, n) prompt: the new token ids, one row per
+    returned sequence. Sampling draws from torch's global RNG, hence the seed."""
+    import torch
+
+    torch.manual_seed(seed)
+    sampled = {
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "temperature": sampling.temperature,
+    }
+    ids = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=sampling.do_sample,
+        num_return_sequences=sampling.num_return_sequences,
+        pad_token_id=pad_id,
+        streamer=streamer,
+        **(sampled if sampling.do_sample else {"top_k": None}),
+    )
+    return ids[:, prompt.shape[1] :]
