@@ -20,12 +20,13 @@ from typing import Any
 from fine_tune_cli.errors import FormatError
 
 KEY = "format_version"
+RECIPE_LOCK_NAME = "recipe.lock.yaml"  # runs.RECIPE_LOCK; here so recipe loading can see it
 
 # The version this ftc writes (and the newest it reads), per format.
 CURRENT: dict[str, int] = {
     "manifest": 2,  # manifest.json of checkpoints, best/ and exports (fine_tune_cli/manifest.py)
     "checkpoint": 2,  # trainer_state.pt (fine_tune_cli/engine/checkpoint.py)
-    "recipe_lock": 3,  # recipe.lock.yaml of run dirs and checkpoints (fine_tune_cli/runs.py)
+    "recipe_lock": 4,  # recipe.lock.yaml of run dirs and checkpoints (fine_tune_cli/runs.py)
     "prepared": 2,  # prepared-cache manifest.json (fine_tune_cli/data/store.py)
 }
 
@@ -103,4 +104,14 @@ def _lock_batching(data: dict[str, Any]) -> dict[str, Any]:
     train = data.get("train")
     if isinstance(train, dict):
         data["train"] = {"batching": "random", **train}
+    return data
+
+
+@migration("recipe_lock", 3)
+def _lock_fused(data: dict[str, Any]) -> dict[str, Any]:
+    # v4 added optim.fused (default true): a run locked before it stepped with foreach
+    # kernels and must resume with them (fused and foreach round differently).
+    optim = data.get("optim")
+    if isinstance(optim, dict):
+        data["optim"] = {"fused": False, **optim}
     return data

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 LOCK = ".lock"
 PROVENANCE = "provenance.json"
-RECIPE_LOCK = "recipe.lock.yaml"
+RECIPE_LOCK = formats.RECIPE_LOCK_NAME
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 CHECKPOINTS = "checkpoints"

@@ -41,14 +41,18 @@ def is_head_param(name: str, head_modules: tuple[str, ...]) -> bool:
     return parts[0] in head_modules
 
 
-def _impl_flags(params: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fused kernels on CUDA, foreach elsewhere: the fast paths torch offers."""
+def _impl_flags(params: list[dict[str, Any]], spec: OptimSpec) -> dict[str, Any]:
+    """torch's fused kernel (one launch for all parameters) where the recipe allows it and
+    every parameter is a plain tensor on CPU or CUDA; foreach otherwise. On a 5M-parameter
+    BERT on CPU the fused AdamW step is ~3x faster than foreach. Sharded (FSDP2 DTensor)
+    parameters keep foreach. The builder drops `fused` for optimizers without a kernel."""
     import torch
 
-    on_cuda = any(p.is_cuda for group in params for p in group["params"])
-    if on_cuda:
+    tensors = [p for group in params for p in group["params"]]
+    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in tensors)
+    if spec.fused and plain:
         return {"fused": True}
-    return {"foreach": torch.device("cpu").type == "cpu"}
+    return {"foreach": True}
 
 
 def _sgd(params, spec, flags):
@@ -74,7 +78,8 @@ def _adamw(params, spec, flags):
 def _rmsprop(params, spec, flags):
     import torch
 
-    flags = {k: v for k, v in flags.items() if k != "fused"}  # RMSprop has no fused kernel
+    if flags.get("fused"):  # RMSprop has no fused kernel
+        flags = {"foreach": True}
     return torch.optim.RMSprop(
         params, lr=spec.lr, alpha=spec.alpha, eps=spec.eps, momentum=spec.momentum, **flags
     )
@@ -114,7 +119,7 @@ def build_optimizer(
     model: torch.nn.Module, spec: OptimSpec, head_modules: tuple[str, ...]
 ) -> torch.optim.Optimizer:
     groups = param_groups(model, spec, head_modules)
-    return OPTIMIZERS.get(spec.name).build(groups, spec, _impl_flags(groups))
+    return OPTIMIZERS.get(spec.name).build(groups, spec, _impl_flags(groups, spec))
 
 
 def lr_factor(spec: ScheduleSpec, total_steps: int) -> Callable[[int], float]:

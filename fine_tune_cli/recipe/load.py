@@ -248,9 +248,11 @@ def _load_tree(path: Path, origins: dict[str, str], chain: tuple[Path, ...]) -> 
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise RecipeError(f"{path}: extends cycle: {cycle}")
     tree = _read_yaml(path)
-    if formats.KEY in tree:  # a recipe.lock.yaml used as a recipe (runs.recipe_lock_text)
+    # A run's recipe.lock.yaml used as a recipe (runs.recipe_lock_text): migrated like a
+    # lock; one written before format versions has no field, only its name.
+    if formats.KEY in tree or path.name == formats.RECIPE_LOCK_NAME:
         tree = formats.upgrade("recipe_lock", tree, path)
-        del tree[formats.KEY]
+        tree.pop(formats.KEY)
     problems: list[str] = []
     tree = _interpolate(tree, "", problems)
     if problems:

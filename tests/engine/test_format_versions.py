@@ -24,8 +24,11 @@ from fine_tune_cli.formats import CURRENT, KEY
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 ENTRY = "aa55e59a5c885d26"  # the fixture's prepared-cache entry (its data hash, 16 chars)
 NEWER = "format_version 3 is newer than this ftc understands (2); upgrade fine_tune_cli"
-# recipe.lock.yaml is at v3 (train.batching), one ahead of the other formats
-NEWER_LOCK = "format_version 4 is newer than this ftc understands (3); upgrade fine_tune_cli"
+# recipe.lock.yaml is ahead of the other formats (v3 train.batching, v4 optim.fused)
+LOCK = CURRENT["recipe_lock"]
+NEWER_LOCK = (
+    f"format_version {LOCK + 1} is newer than this ftc understands ({LOCK}); upgrade fine_tune_cli"
+)
 
 
 @pytest.fixture
@@ -116,7 +119,8 @@ def test_v1_run_resumes_to_the_same_weights_as_a_fresh_run(v1: Path, tmp_path: P
     assert steps[-1] == 40
 
     fresh = tmp_path / "fresh"
-    r = ftc("train", v1 / "recipe.yaml", f"train.run_dir={fresh}", "--json")
+    # the v1 ftc stepped AdamW with foreach kernels; its lock migrates to optim.fused=false
+    r = ftc("train", v1 / "recipe.yaml", "optim.fused=false", f"train.run_dir={fresh}", "--json")
     assert r.code == 0, r.err
     same = ("best_step", "loss", "accuracy", "f1_macro")
     assert {k: r.json()["metrics"][k] for k in same} == {k: resumed["metrics"][k] for k in same}
@@ -170,7 +174,7 @@ def _newer_checkpoint(root: Path) -> tuple[Path, list[str]]:
 
 def _newer_lock(root: Path) -> tuple[Path, list[str]]:
     path = root / "run" / "recipe.lock.yaml"
-    path.write_text(f"{KEY}: 4\n" + path.read_text())
+    path.write_text(f"{KEY}: {LOCK + 1}\n" + path.read_text())
     return path, ["eval", root / "run", "--json"]
 
 
