@@ -49,9 +49,44 @@ def evaluate(
         )
 
     def human(p: dict[str, Any]) -> None:
-        print_metrics_table(f"{p['split']} metrics:", p["metrics"])
         if "compare" in p:
-            print_metrics_table(f"delta vs {p['compare']['run_dir']}:", p["compare"]["delta"])
-        print(f"report: {p['outputs'].get('report_md')}")
+            print_compare_table(p)
+        else:
+            print_metrics_table(f"{p['split']} metrics:", p["metrics"])
+        print(f"report: {p['outputs'].get('report_html')}")
 
     run_command("eval", json_mode, body, human)
+
+
+def print_compare_table(p: dict[str, Any]) -> None:
+    """metric | this run | other run | delta | better, aligned (plain text for CI logs);
+    metrics only one side has are listed after the table."""
+    table = p["compare"]["table"]
+    this_name, other_name = p.get("run_dir") or "this run", p["compare"]["run_dir"]
+    print(f"{p['split']}: {this_name} (this) vs {other_name} (other)")
+    rows = [["metric", "this run", "other run", "delta", "better"]]
+    for name, e in table.items():
+        rows.append(
+            [
+                name,
+                _num(e["this"]),
+                _num(e["other"]),
+                _num(e["delta"], sign=True),
+                e["better"] or "",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)
+        ]
+        print("  " + "  ".join(cells) + "  " + row[4])
+    only = [k for k in p["metrics"] if k not in table]
+    if only:
+        print("  only this run: " + ", ".join(only))
+
+
+def _num(value: Any, sign: bool = False) -> str:
+    if isinstance(value, float):
+        return f"{value:+.4f}" if sign else f"{value:.4f}"
+    return f"{value:+d}" if sign else str(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,29 @@ def parse_gates(items: list[str]) -> dict[str, float]:
     return gates
 
 
+@dataclass
+class Evaluation:
+    """One evaluated model: its metrics and what the report needs besides them."""
+
+    target: Target
+    split: str
+    metrics: dict[str, Any]
+    details: dict[str, Any]
+    texts: list[str]
+    prepared: Any
+    num_parameters: int
+
+
 def evaluate_target(
     target_path: str,
     *,
     split: str | None,
     data_file: str | None,
     batch_size: int | None = None,
-) -> tuple[Target, str, dict[str, Any], dict[str, Any], list[str]]:
+    baseline: bool = True,
+) -> Evaluation:
     from fine_tune_cli.engine.runtime import Precision, pick_device
+    from fine_tune_cli.evaluation.metrics import reliability_bins
     from fine_tune_cli.tasks import task_for
 
     target = resolve_target(target_path)
@@ -67,7 +83,14 @@ def evaluate_target(
     result = task.evaluate(model, data, bs, device, precision.autocast)
     if task.generates_samples:  # generative tasks: show what was learned
         result.details["samples"] = task.samples(model, data, device)
-    return target, split_name, result.metrics, result.details, texts
+    metrics = result.metrics
+    probs, labels = result.details.get("probs"), result.details.get("labels")
+    if isinstance(probs, np.ndarray) and probs.ndim == 2 and labels is not None:
+        metrics["reliability"] = reliability_bins(labels, probs)  # the diagram beside ECE
+    if baseline and recipe.eval.baseline:
+        metrics.update(kind.baseline(recipe, prepared, data, texts))
+    parameters = sum(p.numel() for p in model.parameters())
+    return Evaluation(target, split_name, metrics, result.details, texts, prepared, parameters)
 
 
 def misclassified(details: dict[str, Any], texts: list[str], labels: list[str], k: int = 20):
@@ -96,45 +119,32 @@ def run_eval(
     compare: str | None,
     fail_under: list[str],
 ) -> dict[str, Any]:
-    from fine_tune_cli.evaluation.report import write_report
-
     gates = parse_gates(fail_under)
     with torch.inference_mode():
-        target, split_name, metrics, details, texts = evaluate_target(
-            target_path, split=split, data_file=data_file
-        )
-    labels = _labels(target)
-    out_dir = eval_dir(target, split_name)
-    examples = details.get("samples") or misclassified(details, texts, labels)
-    from fine_tune_cli.evaluation.image_report import image_plots
+        ev = evaluate_target(target_path, split=split, data_file=data_file)
+    flat = flat_metrics(ev.metrics)
+    comparison = None
+    if compare:
+        with torch.inference_mode():
+            other = evaluate_target(
+                compare,
+                split=ev.split if not data_file else None,
+                data_file=data_file,
+                baseline=False,  # the same data's baseline is already in this run's figures
+            )
+        comparison = {"run_dir": compare, **compare_metrics(flat, flat_metrics(other.metrics))}
+    outputs = _write(ev, comparison)
+    from fine_tune_cli.trackers import report_eval  # the run's MLflow / W&B / TensorBoard
 
-    outputs = write_report(
-        out_dir,
-        metrics,
-        title=f"{target.recipe.name}: {split_name}",
-        label_names=labels or None,
-        history=target.run.history() if target.run else None,
-        examples=examples,
-        plots=image_plots(details, labels),  # misclassified.png for images
-    )
-    flat = flat_metrics(metrics)
+    report_eval(ev.target, ev.split, flat, eval_dir(ev.target, ev.split))
     payload: dict[str, Any] = {
-        "run_dir": str(target.run.path) if target.run else None,
-        "split": split_name,
+        "run_dir": str(ev.target.run.path) if ev.target.run else None,
+        "split": ev.split,
         "outputs": outputs,
         "metrics": flat,
     }
-    if compare:
-        with torch.inference_mode():
-            _, _, other, _, _ = evaluate_target(
-                compare, split=split_name if not data_file else None, data_file=data_file
-            )
-        other_flat = flat_metrics(other)
-        payload["compare"] = {
-            "run_dir": compare,
-            "metrics": other_flat,
-            "delta": {k: flat[k] - other_flat[k] for k in flat if k in other_flat},
-        }
+    if comparison:
+        payload["compare"] = comparison
     failed = []
     for name, threshold in gates.items():
         if name not in flat:
@@ -153,6 +163,76 @@ def run_eval(
         error.payload = payload
         raise error
     return payload
+
+
+def _write(ev: Evaluation, comparison: dict[str, Any] | None) -> dict[str, str]:
+    """metrics.json and the report of one evaluation (header block, curves, tables)."""
+    from fine_tune_cli.evaluation.image_report import image_plots
+    from fine_tune_cli.evaluation.report import write_report
+    from fine_tune_cli.evaluation.summary import class_counts, run_header
+    from fine_tune_cli.tasks import task_for
+
+    target = ev.target
+    labels = _labels(target)
+    history = target.run.history() if target.run else []
+    provenance = target.run.provenance() if target.run else {}
+    samples = ev.details.get("samples")
+    examples = samples or misclassified(ev.details, ev.texts, labels)
+    generative = task_for(target.recipe.model).generates_samples
+    header = run_header(
+        target.recipe,
+        ev.prepared.manifest,
+        provenance,
+        history,
+        ev.num_parameters,
+        f"{target.model_dir} on split '{ev.split}'",
+    )
+    return write_report(
+        eval_dir(target, ev.split),
+        ev.metrics,
+        title=f"{target.recipe.name}: {ev.split}",
+        label_names=labels or None,
+        history=history or None,
+        examples=examples,
+        plots=image_plots(ev.details, labels),  # misclassified.png for images
+        header=header,
+        class_counts=class_counts(ev.prepared.manifest),
+        best_metric=target.recipe.train.best_metric,
+        best_step=(provenance.get("summary") or {}).get("best_step"),
+        comparison=comparison,
+        examples_title="Generated samples" if generative else "Examples",
+    )
+
+
+# Figures of the data or of another model, not of this one: no side is "better".
+NEUTRAL = {
+    "num_examples",
+    "num_tokens",
+    "majority_baseline",
+    "baseline_accuracy",
+    "baseline_f1_macro",
+}
+
+
+def compare_metrics(this: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Side by side: per shared metric this run's value, the other's, the delta
+    (this - other) and which side is better by the metric's direction (lower for
+    loss-like metrics); plus the two flat dicts and the deltas (kept for scripts)."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in this:
+        if name not in other:
+            continue
+        a, b = this[name], other[name]
+        better = None
+        if name not in NEUTRAL and a != b:
+            lower = name in LOWER_IS_BETTER
+            better = "this" if (a < b) == lower else "other"
+        table[name] = {"this": a, "other": b, "delta": a - b, "better": better}
+    return {
+        "metrics": other,
+        "delta": {k: v["delta"] for k, v in table.items()},
+        "table": table,
+    }
 
 
 def _labels(target: Target) -> list[str]:

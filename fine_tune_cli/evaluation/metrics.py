@@ -97,19 +97,37 @@ def expected_calibration_error(
     scikit-learn has no ECE; bins are (lo, hi] as in Guo et al. 2017, with a confidence
     of exactly 0 falling into the first bin.
     """
+    bins = reliability_bins(y_true, probs, n_bins)
+    n = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins))
+
+
+def reliability_bins(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """The non-empty confidence bins ECE is computed from: each bin's (lo, hi] edges,
+    example count, mean confidence and accuracy. The report's reliability diagram draws
+    these, so the plot and the ECE figure beside it come from the same numbers."""
     y_true = np.asarray(y_true).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bin_ids = np.digitize(confidence, edges[1:-1], right=True)
-    ece = 0.0
+    out = []
     for b in range(n_bins):
         in_bin = bin_ids == b
         if in_bin.any():
-            gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
-            ece += in_bin.mean() * gap
-    return float(ece)
+            out.append(
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "count": int(in_bin.sum()),
+                    "confidence": float(confidence[in_bin].mean()),
+                    "accuracy": float(correct[in_bin].mean()),
+                }
+            )
+    return out
 
 
 def lm_metrics(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
     from fine_tune_cli.recipe import Recipe
+
+log = logging.getLogger("ftc")
 
 
 def count_labels(recipe: Recipe, records: list[Record]) -> list[str]:
@@ -106,6 +109,29 @@ class ClassificationTask(TextTask):
             raise DataError(f"{source}: a folder; a text model reads a csv/jsonl/txt file or -")
         records = clean(read_inputs(source, loaded.recipe), loaded.recipe)
         return label_rows(records, predict_probs(loaded, [r["text"] for r in records]), loaded)
+
+    @classmethod
+    def baseline(
+        cls, recipe: Recipe, prepared: Any, split: PreparedSplit, texts: list[str]
+    ) -> dict[str, Any]:
+        """TF-IDF (word 1-2 grams) + logistic regression on the pipeline-cleaned train
+        texts the prepared store keeps beside the ids (what the model trained on)."""
+        from fine_tune_cli.evaluation.baseline import fit_and_score, text_model
+
+        train = prepared.splits["train"]
+        train_texts = train.texts(prepared.path)
+        if len(train_texts) != len(train) or len(texts) != len(split):
+            log.warning("baseline skipped: the prepared data keeps no texts (prepare again)")
+            return {}
+        return fit_and_score(
+            text_model(),
+            "tfidf_1-2gram+logistic_regression",
+            train_texts,
+            train.labels,
+            texts,
+            split.labels,
+            recipe.data.split.seed,
+        )
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, prepared: Any) -> ClassificationTask:

@@ -57,6 +57,25 @@ class ImageClassificationTask(ImageTask, ClassificationTask):
         return label_rows(records, predict_image_probs(loaded, records), loaded)
 
     @classmethod
+    def baseline(
+        cls, recipe: Recipe, prepared: Any, split: PreparedSplit, texts: list[str]
+    ) -> dict[str, Any]:
+        """Logistic regression on the train split's stored pixels (before normalize and
+        augmentation), block-averaged to at most 32x32."""
+        from fine_tune_cli.evaluation.baseline import fit_and_score, pixel_features, pixel_model
+
+        train = prepared.splits["train"]
+        return fit_and_score(
+            pixel_model(),
+            "logistic_regression_on_pixels",
+            pixel_features(train.extra["pixels"]),
+            train.labels,
+            pixel_features(split.extra["pixels"]),
+            split.labels,
+            recipe.data.split.seed,
+        )
+
+    @classmethod
     def from_recipe(cls, recipe: Recipe, prepared: Any) -> ImageClassificationTask:
         return cls(recipe, prepared)
 

@@ -74,6 +74,12 @@ class TaskBase:
     def predict(cls, loaded: Any, source: str) -> Predictions:
         raise RecipeError(f"{loaded.root}: {cls.name} models cannot label new inputs")
 
+    @classmethod
+    def baseline(
+        cls, recipe: Recipe, prepared: Any, split: PreparedSplit, texts: list[str]
+    ) -> dict[str, Any]:
+        return {}  # only classifiers have a classic baseline
+
     def set_epoch(self, epoch: int) -> None:
         """Nothing is drawn per epoch unless a task says so."""
 
