@@ -5,6 +5,7 @@ elsewhere (a cron mail must tell a slow run from a hung one)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -21,6 +22,12 @@ log = logging.getLogger("ftc")
 # every progress bar print through it, so rich's live display moves log lines above the
 # bar instead of letting them land on the bar's line.
 _console: Console | None = None
+# The live rich progress display: rich allows one per console, so a progress started
+# while another runs (validation inside training) is a second row of the same display.
+_live: Any = None
+# Seconds between off-terminal progress lines for the current command: its recipe's
+# log.progress_every once the command knows its recipe (set_progress_every).
+_every: float | None = None
 
 
 def stderr_is_tty() -> bool:
@@ -30,7 +37,8 @@ def stderr_is_tty() -> bool:
 def setup_logging(verbose: bool = False, console: Console | None = None) -> None:
     """Plain timestamped lines off a terminal; rich lines on one (or on `console`, which
     tests pass to get a fake terminal)."""
-    global _console
+    global _console, _every
+    _every = None  # until the command knows its recipe
     log.handlers.clear()
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
@@ -49,6 +57,21 @@ def setup_logging(verbose: bool = False, console: Console | None = None) -> None
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
+
+
+def set_progress_every(seconds: float) -> None:
+    """The interval of progress lines whose caller passes none (eval batches, predict):
+    the command's recipe's `log.progress_every`, set where the command loads it."""
+    global _every
+    _every = seconds
+
+
+def _default_every() -> float:
+    if _every is not None:
+        return _every
+    from fine_tune_cli.recipe.schema import LogSpec  # the one home of the default
+
+    return float(LogSpec.model_fields["progress_every"].default)
 
 
 def add_log_file(path: Path) -> logging.Handler:
@@ -80,21 +103,27 @@ class Progress:
     those fields and an ETA; elsewhere a log line every `every` seconds (0: never), and at
     the first update when `first_line` (training does; a short eval stays quiet):
     `step 120/642 (19%) epoch 1 loss 0.4521 lr 4.1e-05 31.2 samples/s eta 4m12s`.
-    `name` prefixes the line and labels the bar; `total=None` means unknown (no %, no ETA).
-    `enabled=False` shows nothing (non-zero ranks). Use as a context manager or `close()`.
+    `every=None`: the command's interval (`set_progress_every`). `name` prefixes the line
+    and labels the bar; `total=None` means unknown (no %, no ETA). `enabled=False` shows
+    nothing; the default shows on rank 0 only. A progress started inside another (eval
+    batches during training) is a second bar row, removed when it closes. Use as a
+    context manager or `close()`.
     """
 
     def __init__(
         self,
         total: int | None,
         *,
-        every: float,
+        every: float | None = None,
         unit: str = "step",
         start: int = 0,
         name: str = "",
         first_line: bool = False,
-        enabled: bool = True,
+        enabled: bool | None = None,
     ) -> None:
+        if enabled is None:  # torchrun's RANK: one progress per run, not one per process
+            enabled = os.environ.get("RANK", "0") == "0"
+        every = _default_every() if every is None else every
         self.total, self.unit, self.name, self.every = total, unit, name, every
         self.start = self.completed = start
         self.counts: dict[str, float] = {}
@@ -103,10 +132,18 @@ class Progress:
         self._last_line: float | None = None if first_line else self.started
         self._enabled = enabled
         self._bar: Any = None
+        self._owns_bar = False
         if enabled and _console is not None:
             self._start_bar(_console, transient=bool(name))
 
     def _start_bar(self, console: Console, transient: bool) -> None:
+        global _live
+        if _live is not None:  # a row of the running display
+            self._bar = _live
+            self._task = _live.add_task(
+                self.name or self.unit, total=self.total, completed=self.start, status=""
+            )
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -130,6 +167,8 @@ class Progress:
             self.name or self.unit, total=self.total, completed=self.start, status=""
         )
         self._bar.start()
+        self._owns_bar = True
+        _live = self._bar
 
     def update(
         self,
@@ -192,9 +231,15 @@ class Progress:
         return " ".join(p for p in parts if p)
 
     def close(self) -> None:
-        if self._bar is not None:
+        global _live
+        if self._bar is None:
+            return
+        if self._owns_bar:
             self._bar.stop()
-            self._bar = None
+            _live = None
+        else:
+            self._bar.remove_task(self._task)
+        self._bar = None
 
     def __enter__(self) -> Progress:
         return self

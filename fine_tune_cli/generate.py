@@ -53,6 +53,7 @@ def load_generator(path: str) -> tuple[Any, Any, Any, Path, Any]:
     use instead."""
     import transformers
 
+    from fine_tune_cli.console import set_progress_every
     from fine_tune_cli.engine.runtime import pick_device
     from fine_tune_cli.export.load import resolve_model_dir
     from fine_tune_cli.manifest import verify_manifest
@@ -66,6 +67,7 @@ def load_generator(path: str) -> tuple[Any, Any, Any, Path, Any]:
     if "recipe" not in manifest:
         raise RecipeError(f"{root}: manifest.json carries no recipe (not a model made by ftc)")
     recipe = validate_tree(manifest["recipe"], default_origin=str(root / "manifest.json"))
+    set_progress_every(recipe.log.progress_every)
     task = task_for(recipe.model)
     if not task.generates_samples:
         hint = " use `ftc predict` for a classifier" if task.predictable else ""
@@ -134,7 +136,6 @@ def run_generate(
     rows = []
     with Progress(
         len(prompts),
-        every=recipe.log.progress_every,
         unit="prompt",
         name="generate",
         enabled=batch,  # one prompt needs no progress

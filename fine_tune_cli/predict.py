@@ -108,6 +108,7 @@ def clean(records: list[Record], recipe: Recipe) -> list[Record]:
 # --------------------------------------------------------------------------- model
 def predict_probs(loaded: Any, texts: list[str]) -> np.ndarray:
     """Class probabilities, one row per text, through the task's own batching."""
+    from fine_tune_cli.console import Progress
     from fine_tune_cli.data.batching import eval_batches
     from fine_tune_cli.data.prepare import _encode
     from fine_tune_cli.data.store import PreparedSplit
@@ -129,10 +130,13 @@ def predict_probs(loaded: Any, texts: list[str]) -> np.ndarray:
     )
     task = build_task(loaded.recipe, view)
     probs = np.empty((len(texts), len(loaded.labels)), dtype=np.float64)
-    for idx in eval_batches(split, BATCH_SIZE):  # length-sorted: little padding
-        batch = task.collate(split, idx)
-        logits = np.asarray(loaded.run({k: batch[k] for k in input_names(batch)})["logits"])
-        probs[idx] = _softmax(logits.astype(np.float64))
+    batches = eval_batches(split, BATCH_SIZE)  # length-sorted: little padding
+    with Progress(len(batches), unit="batch", name="predict") as progress:
+        for idx in batches:
+            batch = task.collate(split, idx)
+            logits = np.asarray(loaded.run({k: batch[k] for k in input_names(batch)})["logits"])
+            probs[idx] = _softmax(logits.astype(np.float64))
+            progress.advance(counts={"inputs": len(idx)})
     return probs
 
 

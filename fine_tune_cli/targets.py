@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fine_tune_cli.console import set_progress_every
 from fine_tune_cli.errors import IntegrityError, RecipeError
 from fine_tune_cli.recipe import Recipe, validate_tree
 from fine_tune_cli.runs import (
@@ -31,10 +32,15 @@ def resolve_target(path: str | Path) -> Target:
     """eval/export: a run dir (its best/, else its newest checkpoint), a checkpoint, or a
     model dir made by ftc (its manifest carries the recipe). A name that is not a path is
     looked up under $FTC_RUNS_DIR, then ./runs."""
-    info = inspect_path(locate(path))
+    target = _resolve(locate(path))
+    set_progress_every(target.recipe.log.progress_every)  # eval/export progress lines
+    return target
+
+
+def _resolve(path: Path) -> Target:
+    info = inspect_path(path)
     if info.kind == "missing":
         raise RecipeError(f"{path}: no such run dir, checkpoint or model dir{searched(path)}")
-    path = info.path
     if info.kind == "run":
         model_dir = info.best or info.latest
         if model_dir is None:

@@ -357,7 +357,7 @@ def _train(
     recipe: Recipe, prepared: Any, run: RunDir, dist: Any, device: Any, precision: Any, resume: Any
 ) -> TrainResult:
     """Model, optimizer, schedule, state (restored on resume), then the loop."""
-    from fine_tune_cli.console import Progress
+    from fine_tune_cli.console import Progress, set_progress_every
     from fine_tune_cli.engine.optim import Schedule, build_optimizer
     from fine_tune_cli.engine.runtime import runtime_switches, seed_everything, set_rng_state
     from fine_tune_cli.engine.trainer import TrainerState, Training, fit, total_steps
@@ -387,6 +387,7 @@ def _train(
         _resumed(saved, schedule, steps, state.step)
     task = _task(recipe, prepared, device)
     save_best = _best_saver(recipe, prepared, run, model, dist)
+    set_progress_every(recipe.log.progress_every)  # validation batches report at it too
     progress = Progress(
         steps,
         every=recipe.log.progress_every,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fine_tune_cli.console import set_progress_every
 from fine_tune_cli.errors import RecipeError
 from fine_tune_cli.export.base import RunFn
 from fine_tune_cli.manifest import MANIFEST, verify_manifest
@@ -55,6 +56,7 @@ def load_exported(path: Path) -> LoadedModel:
         hint = " (a checkpoint: use its run dir or an export)" if "step" in manifest else ""
         raise RecipeError(f"{root}: {MANIFEST} carries no recipe{hint}")
     recipe = validate_tree(manifest["recipe"], default_origin=str(root / MANIFEST))
+    set_progress_every(recipe.log.progress_every)  # predict's progress lines
     fmt = manifest.get("format", "hf")
     if fmt == "torchscript":  # written by ftc before pt2 replaced torch.jit (deprecated)
         raise RecipeError(

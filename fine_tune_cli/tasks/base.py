@@ -277,13 +277,17 @@ def batches_in_eval_mode(
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """(indices, batch on the device) for every eval batch of `split`, with the model in
     eval mode meanwhile: every task's evaluate walks the split this way."""
+    from fine_tune_cli.console import Progress
     from fine_tune_cli.data.batching import eval_batches
     from fine_tune_cli.engine.runtime import to_device
 
     was_training = model.training
     model.eval()
+    batches = eval_batches(split, batch_size)
     try:
-        for idx in eval_batches(split, batch_size):
-            yield idx, to_device(task.collate(split, idx), device)
+        with Progress(len(batches), unit="batch", name=f"eval {split.name}") as progress:
+            for idx in batches:
+                yield idx, to_device(task.collate(split, idx), device)
+                progress.advance(counts={"samples": len(idx)})
     finally:
         model.train(was_training)

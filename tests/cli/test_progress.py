@@ -144,3 +144,30 @@ def test_off_terminal_line_for_unknown_total_and_named_progress(
     assert len(lines) == 1, lines
     assert re.fullmatch(r"prepare: rows 500 [\d.]+ rows/s [\d.]+ tokens/s", lines[0]), lines
     assert p.eta() is None
+
+
+def test_a_progress_inside_another_is_a_second_row_of_the_same_bar() -> None:
+    """Validation batches during training: rich allows one live display per console, so
+    the inner progress is a row of the training bar, gone when it closes."""
+    from rich.console import Console
+
+    from fine_tune_cli import console
+
+    buf = io.StringIO()
+    console.setup_logging(console=Console(file=buf, force_terminal=True, width=120))
+    try:
+        with console.Progress(10, every=30) as train:
+            train.update(3, fields={"loss": "0.5000"})
+            with console.Progress(4, unit="batch", name="eval validation") as inner:
+                inner.advance(counts={"samples": 8})
+                inner.advance(counts={"samples": 8})
+                console.log.info("mid-eval line")
+                middle = _screen(buf.getvalue())
+            train.update(4, fields={"loss": "0.4000"})
+    finally:
+        console.setup_logging()
+    assert any("eval validation" in r and "/4" in r for r in middle[-2:]), middle
+    screen = _screen(buf.getvalue())
+    assert not any("eval validation" in r for r in screen), screen
+    assert any(r.endswith("mid-eval line") for r in screen), screen
+    assert "4/10" in screen[-1] and "loss 0.4000" in screen[-1]
