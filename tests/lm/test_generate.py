@@ -3,6 +3,8 @@ one prompt, seeds, --json, stdin batches as jsonl, and the refusal of a classifi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -108,3 +110,32 @@ def test_a_classifier_is_refused_naming_predict(
     assert result.code == 2, result.err
     assert "ftc predict" in result.json()["message"]
     assert "ftc predict" in result.err
+
+
+class _Terminal(io.StringIO):
+    """stdout that says it is a terminal and keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_on_a_terminal_the_text_streams(clm: Path, ftc) -> None:
+    """The prompt first, then the continuation as generate() makes it (TextStreamer):
+    the same text as without a terminal, in several writes."""
+    from fine_tune_cli.cli.app import main
+
+    plain = ftc("generate", clm, PROMPT, *FIXED).out
+    terminal = _Terminal()
+    with contextlib.redirect_stdout(terminal), pytest.raises(SystemExit) as exit_:
+        main(["generate", str(clm), PROMPT, *FIXED])
+    assert exit_.value.code in (0, None)
+    assert terminal.getvalue() == plain
+    assert terminal.writes[0] == PROMPT and len([w for w in terminal.writes if w]) >= 2
