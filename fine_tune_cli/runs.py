@@ -184,22 +184,12 @@ def read_recipe_lock(path: Path) -> Recipe:
     return validate_tree(tree, default_origin=str(path))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunDir:
     """One run's directory; holds the lock while a command writes into it."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._locked = False
+        self._lock: Any = None  # a held fine_tune_cli.locks.FileLock
         self._tensorboard: Any = None
 
     # -- layout ------------------------------------------------------------------------
@@ -230,36 +220,23 @@ class RunDir:
 
     # -- lock --------------------------------------------------------------------------
     def acquire(self) -> None:
-        """Exclusive lock (O_EXCL file with our pid); a dead owner's lock is taken over."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = read_json(lock)
-                pid = int(owner.get("pid", 0) or 0)
-                same_host = owner.get("host") == socket.gethostname()
-                if pid and (not same_host or _pid_alive(pid)):
-                    raise ConflictError(
-                        f"{self.path}: run dir is in use by pid {pid} on {owner.get('host')}"
-                        f" (remove {lock} if that process is gone)"
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale lock of a dead process
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, fh)
-            self._locked = True
-            return
-        raise ConflictError(f"{self.path}: cannot take the run lock {lock}")
+        """Exclusive kernel lock on `.lock` (see fine_tune_cli.locks): a second taker gets
+        exit 7 naming this process; the lock dies with its holder, so none is ever stale."""
+        from fine_tune_cli.locks import run_lock
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the run dir ({exc.strerror})") from None
+        self._lock = run_lock(self.path, LOCK)
 
     def release(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
-        if self._locked:
-            (self.path / LOCK).unlink(missing_ok=True)
-            self._locked = False
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunDir:
         self.acquire()
@@ -374,12 +351,10 @@ def environment() -> dict[str, Any]:
 
 
 def lock_owner_alive(path: Path) -> bool:
-    """True while a live process on this host (or any other host) holds the run lock."""
-    owner = read_json(path / LOCK)
-    pid = int(owner.get("pid", 0) or 0)
-    if not pid:
-        return False
-    return owner.get("host") != socket.gethostname() or _pid_alive(pid)
+    """True while a live process holds the run dir's kernel lock."""
+    from fine_tune_cli.locks import is_locked
+
+    return is_locked(path / LOCK)
 
 
 def summarize_run(path: Path) -> dict[str, Any] | None:

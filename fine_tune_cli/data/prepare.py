@@ -29,6 +29,7 @@ from fine_tune_cli.data.store import (
     write_split,
 )
 from fine_tune_cli.errors import DataError, OutputError
+from fine_tune_cli.locks import entry_lock
 from fine_tune_cli.recipe import Recipe
 
 log = logging.getLogger("ftc")
@@ -93,6 +94,15 @@ def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDat
     final = prepared_path(recipe, digest)
     if not force and (final / COMPLETE).is_file():
         return open_prepared(final, digest), True
+    with entry_lock(final):  # a second process preparing the same entry waits here ...
+        if not force and (final / COMPLETE).is_file():  # ... then reuses what it built
+            return open_prepared(final, digest), True
+        _build_entry(recipe, digest, inputs, final)
+    return open_prepared(final, digest), False
+
+
+def _build_entry(recipe: Recipe, digest: str, inputs: dict[str, Any], final: Path) -> None:
+    """Build the entry in a temp dir and publish it (the caller holds its entry lock)."""
     started = time.time()
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     try:
@@ -108,7 +118,6 @@ def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return open_prepared(final, digest), False
 
 
 def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
