@@ -23,6 +23,29 @@ def train(ftc, recipe: str, *overrides: str) -> dict:
     return result.json()
 
 
+def check_pixel_baseline(flat: dict, metrics: dict, run: Path) -> None:
+    """The pixel baseline eval reports equals logistic regression fitted here on the
+    run's prepared train pixels (scaled to [0, 1]) and scored on its test split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    prepared = Path(json.loads((run / "provenance.json").read_text())["data"]["path"])
+
+    def split(name: str) -> tuple[np.ndarray, np.ndarray]:
+        pixels = np.load(prepared / name / "pixels.npy")  # uint8 (N, 1, 8, 8): no downscale
+        x = pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0
+        return x, np.load(prepared / name / "labels.npy")
+
+    (x_train, y_train), (x_test, y_test) = split("train"), split("test")
+    pred = LogisticRegression(max_iter=1000).fit(x_train, y_train).predict(x_test)
+    assert flat["baseline_accuracy"] == pytest.approx(accuracy_score(y_test, pred), abs=1e-12)
+    assert flat["baseline_f1_macro"] == pytest.approx(
+        f1_score(y_test, pred, average="macro"), abs=1e-12
+    )
+    assert metrics["baseline"]["model"] == "logistic_regression_on_pixels"
+    assert metrics["baseline"]["train_rows"] == len(y_train)
+
+
 def test_train_eval_export_vit_classification(ftc, isolated: Path):
     payload = train(ftc, "vit-digits", "train.run_dir=runs/vit")
     assert payload["steps"] == 8 and 0 <= payload["metrics"]["accuracy"] <= 1
@@ -41,6 +64,7 @@ def test_train_eval_export_vit_classification(ftc, isolated: Path):
     assert len(metrics["confusion_matrix"]) == 10
     assert "misclassified.png" in (out / "report.md").read_text()
     assert "digits[" in (out / "report.md").read_text()  # examples name their image
+    check_pixel_baseline(report["metrics"], metrics, run)
 
     result = ftc("export", run, "--format", "hf", "--json")
     assert result.code == 0, result.err
