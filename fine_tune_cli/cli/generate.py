@@ -16,7 +16,7 @@ def generate(
     ),
     prompt: str | None = typer.Argument(
         None,
-        metavar="[PROMPT|-]",
+        metavar="PROMPT|-",
         help="Text to continue; - (or none, with piped stdin) reads prompts, one per line.",
     ),
     max_new_tokens: int | None = typer.Option(
@@ -54,9 +54,9 @@ def generate(
 
     \b
     Examples:
-      ftc generate runs/kjv-gpt2 "And God said" --seed 1
-      ftc generate kjv-gpt2 "In the beginning" --temperature 0 --json
-      cat prompts.txt | ftc generate runs/kjv-gpt2 - --out completions.jsonl
+      ftc generate runs/gpt2-clm-kjv "And God said" --seed 1
+      ftc generate gpt2-clm-kjv "In the beginning" --temperature 0 --json
+      cat prompts.txt | ftc generate gpt2-clm-kjv - --out completions.jsonl
     """
 
     def body() -> dict[str, Any]:
