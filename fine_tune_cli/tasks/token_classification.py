@@ -374,36 +374,44 @@ def predict_rows(loaded: Any, records: list[Record], batch_size: int = 64) -> li
     null for both."""
     import torch
 
+    from fine_tune_cli.console import Progress
+
     ids, word_ids = encode_words(
         loaded.tokenizer, [r["tokens"] for r in records], loaded.recipe.data.max_length
     )
     pad = loaded.tokenizer.pad_token_id or 0
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        input_ids = np.full((len(chunk), max(map(len, chunk))), pad, dtype=np.int64)
-        mask = np.zeros_like(input_ids)
-        for j, x in enumerate(chunk):
-            input_ids[j, : len(x)] = x
-            mask[j, : len(x)] = 1
-        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
-        logits = np.asarray(loaded.run(batch)["logits"], dtype=np.float64)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        for j, record in enumerate(records[start : start + batch_size]):
-            n = len(record["tokens"])
-            first = first_subtoken_labels(word_ids[start + j], list(range(n)))
-            at = {w: p for p, w in enumerate(first) if w != IGNORE}  # word -> its position
-            best = {w: int(probs[j, p].argmax()) for w, p in at.items()}
-            rows.append(
-                {
-                    "id": record["id"],
-                    "tokens": record["tokens"],
-                    "tags": [loaded.labels[best[w]] if w in at else None for w in range(n)],
-                    "scores": [
-                        round(float(probs[j, at[w], best[w]]), 6) if w in at else None
-                        for w in range(n)
-                    ],
-                }
-            )
+    batches = -(-len(ids) // batch_size)
+    with Progress(batches, unit="batch", name="predict") as progress:
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            input_ids = np.full((len(chunk), max(map(len, chunk))), pad, dtype=np.int64)
+            mask = np.zeros_like(input_ids)
+            for j, x in enumerate(chunk):
+                input_ids[j, : len(x)] = x
+                mask[j, : len(x)] = 1
+            batch = {
+                "input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(mask),
+            }
+            logits = np.asarray(loaded.run(batch)["logits"], dtype=np.float64)
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            for j, record in enumerate(records[start : start + batch_size]):
+                n = len(record["tokens"])
+                first = first_subtoken_labels(word_ids[start + j], list(range(n)))
+                at = {w: p for p, w in enumerate(first) if w != IGNORE}  # word -> its position
+                best = {w: int(probs[j, p].argmax()) for w, p in at.items()}
+                rows.append(
+                    {
+                        "id": record["id"],
+                        "tokens": record["tokens"],
+                        "tags": [loaded.labels[best[w]] if w in at else None for w in range(n)],
+                        "scores": [
+                            round(float(probs[j, at[w], best[w]]), 6) if w in at else None
+                            for w in range(n)
+                        ],
+                    }
+                )
+            progress.advance(counts={"inputs": len(chunk)})
     return rows
