@@ -188,7 +188,7 @@ class Progress:
             self._bar.update(self._task, completed=completed, status=self._status())
             return
         now = time.monotonic()
-        due = self._last_line is None or (self.every > 0 and now - self._last_line >= self.every)
+        due = self.every > 0 and (self._last_line is None or now - self._last_line >= self.every)
         if due:
             self._last_line = now
             log.info("%s", self.line())

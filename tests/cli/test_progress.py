@@ -171,3 +171,20 @@ def test_a_progress_inside_another_is_a_second_row_of_the_same_bar() -> None:
     assert not any("eval validation" in r for r in screen), screen
     assert any(r.endswith("mid-eval line") for r in screen), screen
     assert "4/10" in screen[-1] and "loss 0.4000" in screen[-1]
+
+
+def test_progress_every_0_prints_no_lines(caplog: pytest.LogCaptureFixture) -> None:
+    from fine_tune_cli import console
+
+    console.setup_logging()
+    console.log.propagate = True
+    try:
+        with (
+            caplog.at_level("INFO", logger="ftc"),
+            console.Progress(5, every=0, first_line=True) as p,
+        ):
+            for step in range(1, 6):
+                p.update(step)
+    finally:
+        console.log.propagate = False
+    assert not caplog.records
