@@ -15,6 +15,8 @@ EXTRAS: dict[str, str] = {
     "onnxruntime": "export",
     "onnxscript": "export",
     "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "wandb": "wandb",
     "captum": "explain",
 }
 

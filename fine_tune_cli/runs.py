@@ -2,8 +2,9 @@
 recipe.lock.yaml, provenance and metrics.jsonl.
 
 ```
-runs/<name>/ recipe.lock.yaml provenance.json metrics.jsonl train.log .lock
+runs/<name>/ recipe.lock.yaml provenance.json metrics.jsonl train.log .lock trackers.json
              checkpoints/step-000200/  best/  eval/<split>/  export/<format>/
+             tensorboard/  wandb/  (when those trackers are on)
 ```
 Only this module spells that layout; other modules use its names and `inspect_path`.
 """
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fine_tune_cli import formats
 from fine_tune_cli.errors import ConflictError, OutputError, RecipeError
@@ -41,6 +42,16 @@ STEP_PREFIX = "step-"
 COMPLETE = "COMPLETE"  # written last into a checkpoint: its presence means complete
 MODEL_CONFIG = "config.json"  # an HF model dir (best/, a checkpoint, most exports)
 MANIFEST = "manifest.json"  # sha256 of every file (best/, checkpoints, exports)
+TRACKERS = "trackers.json"  # experiment-tracker run ids and the last step each was given
+TENSORBOARD = "tensorboard"  # TensorBoard event files (W&B writes its own wandb/)
+
+
+class MetricSink(Protocol):
+    """What receives metrics.jsonl records besides the file (fine_tune_cli.trackers)."""
+
+    def record(self, record: dict[str, Any]) -> None: ...
+
+    def commit(self, step: int) -> None: ...
 
 
 def step_name(step: int) -> str:
@@ -190,7 +201,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock: Any = None  # a held fine_tune_cli.locks.FileLock
-        self._tensorboard: Any = None
+        self.tracker: MetricSink | None = None  # experiment trackers (fine_tune_cli.trackers)
 
     # -- layout ------------------------------------------------------------------------
     @property
@@ -231,9 +242,6 @@ class RunDir:
         self._lock = run_lock(self.path, LOCK)
 
     def release(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -268,16 +276,6 @@ class RunDir:
                 " or --overwrite to start again"
             )
 
-    def enable_tensorboard(self) -> None:
-        """Also write TensorBoard events under tensorboard/ (the `tensorboard` extra;
-        missing, it is exit 2 with the pip line)."""
-        from fine_tune_cli.optional import require
-
-        require("tensorboard", "log.tensorboard: true")
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
-
     def log_metrics(self, record: dict[str, Any]) -> None:
         """One metrics.jsonl line (the logger protocol: a dict of numbers at a step)."""
         try:
@@ -285,11 +283,14 @@ class RunDir:
                 fh.write(json.dumps(record, default=float) + "\n")
         except OSError as exc:
             raise OutputError(f"{self.metrics_file}: cannot write ({exc.strerror})") from None
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self._tensorboard.add_scalar(key, value, record.get("step", 0))
-            self._tensorboard.flush()
+        if self.tracker is not None:
+            self.tracker.record(record)
+
+    def checkpoint_committed(self, step: int) -> None:
+        """A checkpoint at `step` is complete: trackers may now show the points up to it
+        (never earlier, so a resume from it shows no step twice)."""
+        if self.tracker is not None:
+            self.tracker.commit(step)
 
     def history(self) -> list[dict[str, Any]]:
         if not self.metrics_file.is_file():

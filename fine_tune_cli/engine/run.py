@@ -424,11 +424,10 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     from fine_tune_cli.console import add_log_file
     from fine_tune_cli.engine.distributed import Dist
     from fine_tune_cli.engine.runtime import Precision, pick_device
-    from fine_tune_cli.optional import require
+    from fine_tune_cli.trackers import Trackers, check_installed, with_trackers
 
-    recipe = loaded.recipe
-    if recipe.log.tensorboard:  # a missing extra is exit 2 before any slow work starts
-        require("tensorboard", "log.tensorboard: true")
+    # a missing tracker is exit 2 before any slow work; the lock records the resolved list
+    recipe = with_trackers(loaded.recipe, check_installed(loaded.recipe))
     dist = Dist(recipe.train.distributed.strategy, recipe.train.distributed.timeout_s)
     device = pick_device(recipe.train.device)
     precision = Precision(recipe.train.precision, device, sharded=dist.sharded)
@@ -437,6 +436,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
     started = time.time()
     handler = None
     owns_provenance = False  # only a run this call started may have its status changed
+    trackers: Trackers | None = None
     if dist.is_main:
         run.acquire()
     try:
@@ -451,8 +451,9 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             )
             write_json_atomic(run.provenance_file, provenance)
             owns_provenance = True
-            if recipe.log.tensorboard:
-                run.enable_tensorboard()
+            trackers = Trackers.for_training(
+                run, recipe, saved["trainer"]["step"] if saved else None
+            )
         result = _train(
             recipe, prepared, run, dist, device, precision, (resume_from, weights, saved)
         )
@@ -474,6 +475,8 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
             summary["seconds"],
             summary["best_step"],
         )
+        if trackers is not None:
+            trackers.finish("complete", result.state.step)
         metrics = {**result.state.last_eval, "best_step": summary["best_step"]}
         return {"run_dir": str(run.path), "metrics": metrics, **summary}
     except FtcError as exc:
@@ -482,8 +485,12 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
                 run.provenance_file,
                 run.provenance() | {"status": exc.status, "finished": now(), "error": exc.message},
             )
+        if trackers is not None:
+            trackers.finish(exc.status, None)
         raise
     finally:
+        if trackers is not None:
+            trackers.close("failed")  # a bug or Ctrl-C outside the loop (no-op once closed)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

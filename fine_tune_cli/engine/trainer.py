@@ -299,9 +299,11 @@ def _checkpoint(t: Training, state: TrainerState, recipe_yaml: str) -> Path | No
         "trainer": asdict(state),
         **t.extra_state,
     }
-    return ckpt.save_checkpoint(
+    path = ckpt.save_checkpoint(
         t.run.path, state.step, t.model, payload, recipe_yaml, t.recipe.train.keep_last, weights
     )
+    t.run.checkpoint_committed(state.step)  # trackers get the points this checkpoint covers
+    return path
 
 
 def fit(t: Training, state: TrainerState) -> TrainResult:

@@ -448,6 +448,9 @@ class EvalSpec(Strict):
     )
 
 
+TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+
+
 class LogSpec(Strict):
     every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
     progress_every: float = Field(
@@ -462,7 +465,49 @@ class LogSpec(Strict):
         description="Seconds between progress lines (step, loss, lr, samples/s, eta) when"
         " stderr is not a terminal (cron, CI); also at step 1. 0: none. A terminal gets a bar.",
     )
-    tensorboard: bool = Field(False, description="Also write TensorBoard events (needs the extra).")
+    trackers: tuple[TrackerName, ...] | None = Field(
+        None,
+        description="Experiment trackers: tensorboard, mlflow, wandb (each needs its extra)."
+        " null: tensorboard when installed; recipe.lock.yaml records the list that ran.",
+    )
+    tensorboard: bool | None = Field(
+        None,
+        description="Deprecated, use log.trackers: true adds tensorboard, false leaves it out"
+        " of the default.",
+    )
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value  # log.trackers=mlflow
+
+    @field_validator("trackers")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice: {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LogSpec:
+        if self.tensorboard is False and "tensorboard" in (self.trackers or ()):
+            raise ValueError("tensorboard: false contradicts trackers; drop log.tensorboard")
+        return self
+
+    def resolved_trackers(self) -> tuple[str, ...]:
+        """The trackers a run uses, the default made explicit (tensorboard when installed,
+        checked without importing it) and the deprecated log.tensorboard folded in."""
+        import importlib.util
+
+        if self.trackers is not None:
+            names = self.trackers
+        elif self.tensorboard is not None:
+            names = ()
+        else:
+            names = ("tensorboard",) if importlib.util.find_spec("tensorboard") else ()
+        if self.tensorboard and "tensorboard" not in names:
+            names = ("tensorboard", *names)
+        return names
 
 
 class ExportSpec(Strict):
