@@ -17,10 +17,13 @@ def check_recipe(loaded: LoadedRecipe, *, build_model: bool) -> dict[str, Any]:
     from fine_tune_cli.hub import provenance as hub_provenance
     from fine_tune_cli.runs import RunDir
     from fine_tune_cli.tasks import task_for
+    from fine_tune_cli.trackers import check_installed
 
     recipe = loaded.recipe
     task = task_for(recipe.model)
     checks: list[dict[str, Any]] = [{"check": "recipe", "ok": True, "detail": loaded.source}]
+    trackers = check_installed(recipe)  # a missing one: exit 2 with the pip line, as train
+    checks.append({"check": "trackers", "ok": True, "detail": ", ".join(trackers) or "none"})
     for key, hub in hub_provenance(recipe).items():  # what each Hub id resolves to, offline
         detail = f"{key}: {hub['id']} -> commit {hub['sha']} ({hub['path']})"
         checks.append({"check": "hub id", "ok": True, "detail": detail})

@@ -189,12 +189,51 @@ def test_wandb_offline_keeps_its_files_in_the_run_dir(
     assert (files / "best" / "model.safetensors").exists() and (files / "recipe.lock.yaml").exists()
 
 
-@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_the_default_is_tensorboard_when_installed_and_the_lock_records_it(
+    ftc, isolated: Path
+) -> None:
+    result = ftc("train", "demo", *TINY, "train.max_steps=2")
+    assert result.code == 0, result.err
+    run_dir = isolated / "runs" / "demo"
+    assert result_recipe(run_dir)["log"]["trackers"] == ["tensorboard"]
+    assert tensorboard_steps(run_dir, "train/loss") == [1]  # log.every=10 logs step 1
+
+
+def test_tracker_keys_resolve_old_recipes_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """log.tensorboard (deprecated) keeps its meaning; a lock of an older ftc says
+    `tensorboard: false` and reruns without trackers; no tensorboard installed, the
+    default is none (never an error)."""
+    from fine_tune_cli.errors import RecipeError
+    from fine_tune_cli.recipe import validate_tree
+    from fine_tune_cli.recipe.schema import LogSpec
+
+    assert LogSpec().resolved_trackers() == ("tensorboard",)
+    assert LogSpec(tensorboard=True).resolved_trackers() == ("tensorboard",)
+    assert LogSpec(tensorboard=False).resolved_trackers() == ()
+    assert LogSpec(tensorboard=True, trackers=["mlflow"]).resolved_trackers() == (
+        "tensorboard",
+        "mlflow",
+    )
+    assert LogSpec(trackers="wandb").resolved_trackers() == ("wandb",)  # log.trackers=wandb
+    assert LogSpec(trackers=[]).resolved_trackers() == ()
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert LogSpec().resolved_trackers() == ()
+    base = {"name": "x", "model": {"family": "bert"}, "data": {"source": {"path": "d.jsonl"}}}
+    for bad in ({"trackers": ["neptune"]}, {"trackers": ["mlflow", "mlflow"]},
+                {"trackers": ["tensorboard"], "tensorboard": False}):  # fmt: skip
+        with pytest.raises(RecipeError):
+            validate_tree({**base, "log": bad})
+
+
+@pytest.mark.parametrize(
+    ("tracker", "dry_run"), [("mlflow", False), ("wandb", False), ("mlflow", True)]
+)
 def test_a_tracker_not_installed_exits_2_with_the_pip_line(
-    ftc, isolated: Path, monkeypatch: pytest.MonkeyPatch, tracker: str
+    ftc, isolated: Path, monkeypatch: pytest.MonkeyPatch, tracker: str, dry_run: bool
 ) -> None:
     monkeypatch.setitem(sys.modules, tracker, None)  # import fails as if not installed
-    result = ftc("train", "demo", *TINY, f"log.trackers=[tensorboard,{tracker}]", "--json")
+    result = ftc("train", "demo", *TINY, f"log.trackers=[tensorboard,{tracker}]", "--json",
+                 *(["--dry-run"] if dry_run else []))  # fmt: skip
     assert result.code == 2, result.err
     assert result.json()["message"] == (
         f"log.trackers: {tracker} needs the '{tracker}' package, which is not installed;"
