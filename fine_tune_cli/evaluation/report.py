@@ -420,6 +420,7 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }
 th { background: #f3f3f3; white-space: nowrap; }
 td { overflow-wrap: anywhere; }  /* a long unbroken token must not widen the page */
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.run-header td.num { text-align: left; }  /* a field list, not a column of figures */
 p.note { color: #666; font-size: 0.85rem; }
 img { max-width: 100%; height: auto; }
 figure { margin: 1rem 0; } figcaption { color: #666; font-size: 0.85rem; }
