@@ -23,7 +23,11 @@ def evaluate(
         None, "--data", metavar="FILE", help="Evaluate a new file instead (run's pipeline)."
     ),
     compare: str | None = typer.Option(
-        None, "--compare", metavar="RUN_DIR", help="Another run to compare with."
+        None,
+        "--compare",
+        metavar="RUN_DIR",
+        help="Another run, evaluated on the same split: a side-by-side table (this run |"
+        " other run | delta | better) on the terminal, in --json and in the report.",
     ),
     fail_under: list[str] | None = typer.Option(
         None,
@@ -35,10 +39,15 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model; write metrics.json and a report with plots.
 
+    Classifiers are also scored against a scikit-learn baseline fitted on the run's
+    train split (baseline_accuracy, baseline_f1_macro; recipe eval.baseline: false
+    skips it).
+
     \b
     Examples:
       ftc eval runs/demo --split test
       ftc eval runs/demo --fail-under f1_macro=0.9 --json
+      ftc eval runs/demo --compare runs/demo-v1
     """
 
     def body() -> dict[str, Any]:
