@@ -98,10 +98,11 @@ class Progress:
 
     `update(completed, fields=..., counts=...)` after each unit of work: `fields` are shown
     as given (`{"loss": "0.4521"}` -> `loss 0.4521`; format numbers yourself), `counts`
-    are increments summed into rates (`{"samples": 32}` -> `31.2 samples/s`, averaged since
-    this Progress started). On a terminal (the console `setup_logging` made) a rich bar with
-    those fields and an ETA; elsewhere a log line every `every` seconds (0: never), and at
-    the first update when `first_line` (training does; a short eval stays quiet):
+    are increments summed into rates (`{"samples": 32}` -> `31.2 samples/s`, averaged from
+    the first update on, so start-up does not skew them). On a terminal (the console
+    `setup_logging` made) a rich bar with those fields and an ETA; elsewhere a log line
+    every `every` seconds (0: never), and at the first update when `first_line` (training
+    does; a short eval stays quiet):
     `step 120/642 (19%) epoch 1 loss 0.4521 lr 4.1e-05 31.2 samples/s eta 4m12s`.
     `every=None`: the command's interval (`set_progress_every`). `name` prefixes the line
     and labels the bar; `total=None` means unknown (no %, no ETA). `enabled=False` shows
@@ -130,6 +131,9 @@ class Progress:
         self.fields: dict[str, Any] = {}
         self.started = time.monotonic()
         self._last_line: float | None = None if first_line else self.started
+        # Pace is measured from the end of the first update on: the first step carries
+        # start-up (compilation, caches, workers) and would skew the ETA for long.
+        self._base: tuple[float, int, dict[str, float]] | None = None
         self._enabled = enabled
         self._bar: Any = None
         self._owns_bar = False
@@ -182,6 +186,8 @@ class Progress:
             self.fields = dict(fields)
         for key, n in (counts or {}).items():
             self.counts[key] = self.counts.get(key, 0.0) + n
+        if self._base is None:
+            self._base = (time.monotonic(), completed, dict(self.counts))
         if not self._enabled:
             return
         if self._bar is not None:
@@ -202,19 +208,32 @@ class Progress:
     ) -> None:
         self.update(self.completed + n, fields=fields, counts=counts)
 
+    def _pace(self) -> tuple[float, int, dict[str, float]]:
+        """(seconds, units done, counts) since the first update, once there is more than
+        it; before that, since this Progress started."""
+        if self._base is not None and self.completed > self._base[1]:
+            since, done, counts = self._base
+            return (
+                max(time.monotonic() - since, 1e-9),
+                self.completed - done,
+                {k: n - counts.get(k, 0.0) for k, n in self.counts.items()},
+            )
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return elapsed, self.completed - self.start, self.counts
+
     def _status(self) -> str:
         """The fields and rates (the bar shows count, elapsed and ETA itself)."""
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        elapsed, _, counts = self._pace()
         parts = [f"{k} {v}" for k, v in self.fields.items()]
-        parts += [f"{n / elapsed:.1f} {k}/s" for k, n in self.counts.items()]
+        parts += [f"{n / elapsed:.1f} {k}/s" for k, n in counts.items()]
         return " ".join(parts)
 
     def eta(self) -> float | None:
-        """Seconds left at the average pace since start (None when unknown)."""
-        done = self.completed - self.start
+        """Seconds left at the average pace since the first update (None when unknown)."""
+        elapsed, done, _ = self._pace()
         if not self.total or done <= 0:
             return None
-        return (time.monotonic() - self.started) / done * max(self.total - self.completed, 0)
+        return elapsed / done * max(self.total - self.completed, 0)
 
     def line(self) -> str:
         """The off-terminal progress line."""

@@ -188,3 +188,23 @@ def test_progress_every_0_prints_no_lines(caplog: pytest.LogCaptureFixture) -> N
     finally:
         console.log.propagate = False
     assert not caplog.records
+
+
+def test_rates_and_eta_leave_out_the_first_steps_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Step 1 took 60 s (compilation), steps 2..11 one second each: 10 more steps take
+    10 s, not ~60 s as an average since the start would say."""
+    from fine_tune_cli import console
+
+    now = [0.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    console.setup_logging()
+    p = console.Progress(21, every=0)  # t=0
+    now[0] = 60.0
+    p.update(1, counts={"samples": 8})  # t=60: the baseline
+    for step in range(2, 12):
+        now[0] += 1.0
+        p.update(step, counts={"samples": 8})
+    assert p.eta() == pytest.approx(10.0)
+    assert "8.0 samples/s" in p.line()
