@@ -521,7 +521,7 @@ def test_optimizer_variants_are_the_registered_optimizers_with_their_fields():
     each variant taking exactly the common keys plus the fields its builder reads."""
     assert sorted(OPTIMIZER_SPECS) == OPTIMIZERS.names()
     for name, spec in OPTIMIZER_SPECS.items():
-        common = {"name", "lr", "weight_decay", "head_lr"}
+        common = {"name", "lr", "weight_decay", "fused", "head_lr"}
         assert set(spec.model_fields) == common | set(OPTIMIZERS.get(name).fields), name
         assert spec().name == name
 
@@ -533,7 +533,7 @@ def test_keys_the_optimizer_does_not_take_are_one_problem(tmp_path: Path):
     err = load_error(path)
     assert err.problems == [
         f"{origin(err.problems[0])}: optim.betas, eps: not used by optimizer 'sgd'"
-        " (it takes: head_lr, lr, momentum, name, nesterov, weight_decay)"
+        " (it takes: fused, head_lr, lr, momentum, name, nesterov, weight_decay)"
     ]
 
 
@@ -566,6 +566,7 @@ def test_an_optimizer_section_without_name_is_the_default_optimizer(tmp_path: Pa
         "name": "sgd",
         "lr": sgd.optim.lr,
         "weight_decay": sgd.optim.weight_decay,
+        "fused": True,
         "momentum": 0.9,
         "nesterov": False,
         "head_lr": None,
