@@ -146,14 +146,13 @@ def run_generate(
                 model, tokenizer, record["text"], sampling, seed + i, streamer
             )
             rows.append({"id": i, "prompt": text, "completions": completions})
+            if jsonl == STDIN:  # row by row: a pipe reader sees each as soon as it is done
+                sys.stdout.write(json.dumps(rows[-1], ensure_ascii=False) + "\n")
+                sys.stdout.flush()
             progress.update(i + 1)
-    if jsonl == STDIN:
-        for row in rows:
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-    elif jsonl is not None:
+    if jsonl is not None and jsonl != STDIN:
         write_jsonl(Path(jsonl), rows)
-    elif not stream and not json_mode:
+    elif jsonl is None and not stream and not json_mode:
         print("\n\n".join(row["prompt"] + c for row in rows for c in row["completions"]))
     log.info("generated %d completion(s) with %s", sum(len(r["completions"]) for r in rows), root)
     run = inspect_path(root.parent).run
