@@ -1,9 +1,11 @@
-"""On-disk format versions (fine_tune_cli/formats.py): a run dir and prepared-cache entry
-written by ftc before `format_version` existed (tests/fixtures/v1, made at commit 3e0bf70)
-still verifies, evaluates, exports and resumes; everything written now carries
-`format_version`; a file from a newer ftc is refused with exit 2 naming both versions.
+"""On-disk format versions (fine_tune_cli/formats.py): run dirs and prepared-cache entries
+written by older ftc (tests/fixtures/vN: v1 before `format_version` existed, v2 and v3 for
+each version of recipe.lock.yaml since) still verify, evaluate, export and resume to the
+weights of a fresh run; everything written now carries `format_version`; a file from a
+newer ftc is refused with exit 2 naming both versions; every older version of every
+format has a fixture.
 
-The fixture is used from a copy in a temp dir, so its recorded absolute paths (the data
+A fixture is used from a copy in a temp dir, so its recorded absolute paths (the data
 file, the prepared-cache entry) point nowhere: it also stands for a run dir and cache that
 were moved to another place or machine.
 """
@@ -21,7 +23,14 @@ import yaml
 
 from fine_tune_cli.formats import CURRENT, KEY
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "v1"
+# The format versions in each fixture: what the ftc that made it wrote (fixtures/README.md).
+OLD = {
+    "v1": {"manifest": 1, "checkpoint": 1, "recipe_lock": 1, "prepared": 1},  # 3e0bf70
+    "v2": {"manifest": 2, "checkpoint": 2, "recipe_lock": 2, "prepared": 2},  # ec3e9c0
+    "v3": {"manifest": 2, "checkpoint": 2, "recipe_lock": 3, "prepared": 2},  # 374b456
+}
 ENTRY = "aa55e59a5c885d26"  # the fixture's prepared-cache entry (its data hash, 16 chars)
 NEWER = "format_version 3 is newer than this ftc understands (2); upgrade fine_tune_cli"
 # recipe.lock.yaml is ahead of the other formats (v3 train.batching, v4 optim.fused)
@@ -31,12 +40,11 @@ NEWER_LOCK = (
 )
 
 
-@pytest.fixture
-def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A copy of the v1 fixture, its cache as the cache, on one thread (the fixture's run
+def _copy(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of fixture `name`, its cache as the cache, on one thread (the fixture's run
     was made with OMP_NUM_THREADS=1, so a resume can be compared bitwise)."""
-    root = tmp_path / "v1"
-    shutil.copytree(FIXTURE, root)
+    root = tmp_path / name
+    shutil.copytree(FIXTURES / name, root)
     monkeypatch.setenv("FTC_CACHE_DIR", str(root / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -44,8 +52,23 @@ def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield from _copy("v1", tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=sorted(OLD))
+def old(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each fixture in turn (v1, v2, v3)."""
+    yield from _copy(request.param, tmp_path, monkeypatch)
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted(p.parent for p in run.glob("checkpoints/step-*/COMPLETE"))
+
+
 def resume_args(root: Path) -> list[str]:
-    """Continue the fixture's run from its own (v1) recipe lock; the data file moved."""
+    """Continue the fixture's run from its own (old) recipe lock; the data file moved."""
     return [
         "train",
         root / "run" / "recipe.lock.yaml",
@@ -78,8 +101,40 @@ def test_the_fixture_is_version_1_everywhere():
     assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
 
 
-def test_v1_run_verifies_evaluates_and_exports(v1: Path, ftc):
-    run = v1 / "run"
+@pytest.mark.parametrize("name", sorted(OLD))
+def test_each_fixture_holds_the_versions_it_stands_for(name: str):
+    """Guards the fixtures: every file carries the version OLD says (none: v1)."""
+    root = FIXTURES / name
+    run, want = root / "run", OLD[name]
+
+    def declared(data: dict) -> int:
+        return data.get(KEY, 1)
+
+    assert checkpoints(run)
+    for folder in [run / "best", *checkpoints(run)]:
+        assert declared(json.loads((folder / "manifest.json").read_text())) == want["manifest"]
+    for lock in [run / "recipe.lock.yaml", *run.glob("checkpoints/*/recipe.lock.yaml")]:
+        assert declared(yaml.safe_load(lock.read_text())) == want["recipe_lock"]
+    for ckpt in checkpoints(run):
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        assert declared(state) == want["checkpoint"]
+    prepared = json.loads((root / "cache/prepared" / ENTRY / "manifest.json").read_text())
+    assert declared(prepared) == want["prepared"]
+    assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
+
+
+def test_every_older_format_version_has_a_fixture():
+    """Bumping a format in formats.CURRENT needs a fixture of the version before it
+    (tests/fixtures/make_run.sh NAME COMMIT at the last commit writing it; add it to OLD)."""
+    for kind, current in CURRENT.items():
+        held = {versions[kind] for versions in OLD.values()}
+        missing = sorted(set(range(1, current)) - held)
+        assert not missing, f"{kind}: no fixture of version(s) {missing}"
+
+
+def test_old_run_verifies_evaluates_and_exports(old: Path, ftc):
+    run = old / "run"
+    untouched = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert ftc("verify", run).code == 0
 
     r = ftc("eval", run, "--json")
@@ -93,34 +148,36 @@ def test_v1_run_verifies_evaluates_and_exports(v1: Path, ftc):
     exported = json.loads((run / "export" / "hf" / "manifest.json").read_text())
     assert exported[KEY] == CURRENT["manifest"] and exported["parity"]["passed"]
 
-    r = ftc("verify", run, "--json")  # best/, both v1 checkpoints and the new export
+    r = ftc("verify", run, "--json")  # best/, the old checkpoints and the new export
     assert r.code == 0, r.err
-    assert r.json()["dirs"] == 4
-    # Reading migrates in memory; the user's v1 files are left as they were.
-    assert KEY not in json.loads((run / "best" / "manifest.json").read_text())
-    assert KEY not in yaml.safe_load((run / "recipe.lock.yaml").read_text())
+    assert r.json()["dirs"] == len(checkpoints(run)) + 2
+    # Reading migrates in memory; the user's old files are left as they were.
+    assert all(path.read_bytes() == data for path, data in untouched.items())
 
 
-def test_v1_run_resumes_to_the_same_weights_as_a_fresh_run(v1: Path, tmp_path: Path, ftc):
-    """Steps 1-5 by the old ftc, 6-40 by this one from the v1 checkpoint, equal bitwise a
-    fresh run of this ftc: the whole v1 trainer state (optimizer, schedule, RNG, data
-    position) was read back."""
+def test_old_run_resumes_to_the_same_weights_as_a_fresh_run(old: Path, tmp_path: Path, ftc):
+    """Steps 1-4 or 5 by the old ftc, the rest by this one from the old checkpoint, equal
+    bitwise a fresh run of this ftc: the whole old trainer state (optimizer, schedule, RNG,
+    data position) was read back, and the old lock resolved to the recipe it ran with."""
     from safetensors.torch import load_file
 
-    run = v1 / "run"
-    r = ftc(*resume_args(v1))
+    run = old / "run"
+    last = checkpoints(run)[-1]
+    r = ftc(*resume_args(old))
     assert r.code == 0, r.err
     resumed = r.json()
     assert resumed["status"] == "ok"
     provenance = json.loads((run / "provenance.json").read_text())
-    assert provenance["resumed_from"].endswith("step-000005")
-    assert provenance["data"]["path"] == str(v1 / "cache" / "prepared" / ENTRY)
+    assert provenance["resumed_from"].endswith(last.name)
+    assert provenance["data"]["path"] == str(old / "cache" / "prepared" / ENTRY)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 40
 
+    # The fresh run trains on the fixture's own prepared entry: training a tokenizer is not
+    # reproducible (the same data hash can hold other token ids), so a re-prepare would not
+    # do. The old ftc stepped AdamW with foreach kernels; old locks migrate to that.
     fresh = tmp_path / "fresh"
-    # the v1 ftc stepped AdamW with foreach kernels; its lock migrates to optim.fused=false
-    r = ftc("train", v1 / "recipe.yaml", "optim.fused=false", f"train.run_dir={fresh}", "--json")
+    r = ftc("train", old / "recipe.yaml", "optim.fused=false", f"train.run_dir={fresh}", "--json")
     assert r.code == 0, r.err
     same = ("best_step", "loss", "accuracy", "f1_macro")
     assert {k: r.json()["metrics"][k] for k in same} == {k: resumed["metrics"][k] for k in same}
@@ -138,7 +195,7 @@ def test_v1_run_resumes_to_the_same_weights_as_a_fresh_run(v1: Path, tmp_path: P
     for lock in (run / "recipe.lock.yaml", ckpt / "recipe.lock.yaml"):
         assert lock.read_text().startswith(f"{KEY}: {CURRENT['recipe_lock']}\n")
     # ... and the new lock is still a recipe `ftc train` / `recipes validate` take.
-    r = ftc("recipes", "validate", run / "recipe.lock.yaml", f"data.source.path={v1}/data.jsonl")
+    r = ftc("recipes", "validate", run / "recipe.lock.yaml", f"data.source.path={old}/data.jsonl")
     assert r.code == 0, r.err + r.out
     assert ftc("verify", run).code == 0
 
