@@ -636,7 +636,7 @@ def _reliability_png(bins: list[dict[str, float]], ece: float | None) -> Plot:
         label="bin (mean confidence, accuracy)",
     )
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.03)  # bins at accuracy 1 stay visible
     ax.set_ylabel("accuracy")
     title = "Reliability diagram" + (f" (ECE {ece:.4f})" if ece is not None else "")
     ax.set_title(title)
