@@ -223,55 +223,74 @@ def image_geometry(root: Path) -> dict[str, Any]:
 def predict_image_probs(loaded: Any, rows: list[Record]) -> np.ndarray:
     """Class probabilities, one row per image: decode, the recipe's steps, the prepared
     data's size fitting (fit_image) and the eval-time scaling (ImageBatches)."""
-    from fine_tune_cli.data.image_batches import ImageBatches
-    from fine_tune_cli.data.image_sources import decode_file
-    from fine_tune_cli.data.images import fit_image
-    from fine_tune_cli.data.steps import StepContext
-    from fine_tune_cli.data.store import PreparedSplit
-
     recipe = loaded.recipe
     info = image_geometry(loaded.root)
-    view = SimpleNamespace(manifest={"images": info})
-    batches = ImageBatches(recipe, view)  # epoch None: never augments
-    steps = _inference_steps(recipe)
-    ctx = StepContext(seed=recipe.data.split.seed)
-    size, channels = info["size"], info["channels"]
     to_grey: list[str] = []
     probs = np.empty((len(rows), len(loaded.labels)), dtype=np.float64)
     for start in range(0, len(rows), BATCH_SIZE):
         chunk = rows[start : start + BATCH_SIZE]
-        records: list[Record] = []
-        for row in chunk:
-            image, reason = decode_file(row["file"])
-            if image is None:
-                raise DataError(f"{row['file']}: corrupt or unreadable image ({reason})")
-            records.append({"id": row["id"], "image": image})
-        for step, params in steps:
-            records = step.fn(records, params, ctx)
-        pixels = np.zeros((len(records), channels, size, size), dtype=np.uint8)
-        for j, (row, record) in enumerate(zip(chunk, records, strict=True)):
-            image = record["image"]
-            if channels == 1 and image.shape[2] == 3:
-                to_grey.append(str(row["file"]))
-                image = _luma(image)
-            pixels[j] = fit_image(image, size, channels).transpose(2, 0, 1)
-        split = PreparedSplit(
-            name="predict",
-            input_ids=np.zeros(0, dtype=np.int32),
-            offsets=np.zeros(len(records) + 1, dtype=np.int64),
-            labels=None,
-            extra={"pixels": pixels},
-        )
-        index = np.arange(len(records))
-        logits = loaded.run({"pixel_values": batches.pixel_values(split, index)})["logits"]
+        pixels = image_pixels(recipe, info, chunk, to_grey)
+        logits = loaded.run({"pixel_values": scaled_pixels(recipe, info, pixels)})["logits"]
         probs[start : start + len(chunk)] = _softmax(np.asarray(logits, dtype=np.float64))
+    warn_grey(to_grey)
+    return probs
+
+
+def image_pixels(
+    recipe: Recipe, info: dict[str, Any], rows: list[Record], to_grey: list[str]
+) -> np.ndarray:
+    """uint8 (N, C, S, S) pixels of the rows' image files as the model sees them before
+    scaling: decoded, the recipe's steps, fitted to the prepared size (fit_image). RGB files
+    given to a grey model are converted and listed in `to_grey`."""
+    from fine_tune_cli.data.image_sources import decode_file
+    from fine_tune_cli.data.images import fit_image
+    from fine_tune_cli.data.steps import StepContext
+
+    steps = _inference_steps(recipe)
+    ctx = StepContext(seed=recipe.data.split.seed)
+    size, channels = info["size"], info["channels"]
+    records: list[Record] = []
+    for row in rows:
+        image, reason = decode_file(row["file"])
+        if image is None:
+            raise DataError(f"{row['file']}: corrupt or unreadable image ({reason})")
+        records.append({"id": row["id"], "image": image})
+    for step, params in steps:
+        records = step.fn(records, params, ctx)
+    pixels = np.zeros((len(records), channels, size, size), dtype=np.uint8)
+    for j, (row, record) in enumerate(zip(rows, records, strict=True)):
+        image = record["image"]
+        if channels == 1 and image.shape[2] == 3:
+            to_grey.append(str(row["file"]))
+            image = _luma(image)
+        pixels[j] = fit_image(image, size, channels).transpose(2, 0, 1)
+    return pixels
+
+
+def scaled_pixels(recipe: Recipe, info: dict[str, Any], pixels: np.ndarray) -> Any:
+    """The model's float pixel_values tensor for uint8 (N, C, S, S) pixels (ImageBatches'
+    eval-time scaling: never augmented)."""
+    from fine_tune_cli.data.image_batches import ImageBatches
+    from fine_tune_cli.data.store import PreparedSplit
+
+    batches = ImageBatches(recipe, SimpleNamespace(manifest={"images": info}))
+    split = PreparedSplit(
+        name="predict",
+        input_ids=np.zeros(0, dtype=np.int32),
+        offsets=np.zeros(len(pixels) + 1, dtype=np.int64),
+        labels=None,
+        extra={"pixels": pixels},
+    )
+    return batches.pixel_values(split, np.arange(len(pixels)))
+
+
+def warn_grey(to_grey: list[str]) -> None:
     if to_grey:
         log.warning(
             "%d RGB image(s) converted to grey for a model trained on grey images (e.g. %s)",
             len(to_grey),
             to_grey[0],
         )
-    return probs
 
 
 def _luma(image: np.ndarray) -> np.ndarray:

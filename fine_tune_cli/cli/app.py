@@ -10,6 +10,7 @@ import typer
 from typer.exceptions import TyperException
 
 from fine_tune_cli.cli import eval as eval_cmd
+from fine_tune_cli.cli import explain as explain_cmd
 from fine_tune_cli.cli import export, generate, predict, prepare, recipes, runs, train, verify
 from fine_tune_cli.cli.common import emit_json, error_payload
 from fine_tune_cli.hub import downloads_allowed
@@ -50,6 +51,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("export")(export.export)
 app.command("verify")(verify.verify)
 app.command("predict")(predict.predict)
+app.command("explain")(explain_cmd.explain)
 app.command("generate")(generate.generate)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(runs.app, name="runs")

@@ -134,6 +134,11 @@ def run_eval(
             )
         comparison = {"run_dir": compare, **compare_metrics(flat, flat_metrics(other.metrics))}
     outputs = _write(ev, comparison)
+    if ev.target.recipe.eval.explain:  # IG of the N worst misclassified, beside the report
+        from fine_tune_cli.explain.run import explain_misclassified
+
+        out_dir = eval_dir(ev.target, ev.split)
+        outputs.update(explain_misclassified(ev.target, ev.details, ev.texts, out_dir))
     from fine_tune_cli.trackers import report_eval  # the run's MLflow / W&B / TensorBoard
 
     report_eval(ev.target, ev.split, flat, eval_dir(ev.target, ev.split))

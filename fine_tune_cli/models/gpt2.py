@@ -41,6 +41,7 @@ register_family(
         tokenizer_kind="bpe",
         modality="text",
         head_modules=("score", "lm_head"),
+        pooled_token="last",
     )
 )
 

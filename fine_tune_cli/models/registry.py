@@ -29,6 +29,9 @@ class Family:
     # Top-level modules of the family's task heads (layers on top of the pretrained body):
     # they get optim.head_lr and stay dense when pruning.
     head_modules: tuple[str, ...]
+    # The position whose hidden state a sequence classifier's head reads: the first ([CLS],
+    # ViT's class token) or the last non-pad token (GPT-2). Attention rollout starts there.
+    pooled_token: Literal["first", "last"] = "first"
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class Task(Protocol):
     unit: ClassVar[str]  # what `units(batch)` counts ("samples", "tokens", ...)
     not_exportable: ClassVar[str | None]  # why `ftc export` refuses it; None: exportable
     predictable: ClassVar[bool]  # `ftc predict` labels new inputs with it
+    explainable: ClassVar[bool]  # `ftc explain` attributes its predictions to inputs
     evaluates_new_files: ClassVar[bool]  # `ftc eval --data FILE` is supported
     generates_samples: ClassVar[bool]  # eval reports show samples(); `ftc generate` works
     distillable: ClassVar[bool]  # train.distill applies (the task has logits and labels)
@@ -153,6 +154,13 @@ class Task(Protocol):
     def predict(cls, loaded: Any, source: str) -> Predictions:
         """`ftc predict`: one jsonl row per input, in input order (only when predictable;
         `loaded` is export/load.py's LoadedModel)."""
+        ...
+
+    @classmethod
+    def explainer(cls, target: Any) -> Any:
+        """`ftc explain` / eval.explain: the modality's side of attribution (inputs, the pad
+        baseline, per-word or per-patch scores; tasks/explainers.py) for an eval target
+        (only when explainable)."""
         ...
 
     @classmethod

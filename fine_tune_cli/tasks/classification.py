@@ -62,6 +62,7 @@ class ClassificationTask(TextTask):
     needs_labels = True
     primary_metric = "accuracy"  # gated by export parity
     predictable = True
+    explainable = True
     evaluates_new_files = True
     distillable = True
 
@@ -109,6 +110,12 @@ class ClassificationTask(TextTask):
             raise DataError(f"{source}: a folder; a text model reads a csv/jsonl/txt file or -")
         records = clean(read_inputs(source, loaded.recipe), loaded.recipe)
         return label_rows(records, predict_probs(loaded, [r["text"] for r in records]), loaded)
+
+    @classmethod
+    def explainer(cls, target: Any) -> Any:
+        from fine_tune_cli.tasks.explainers import TextExplainer
+
+        return TextExplainer.for_target(target)
 
     @classmethod
     def baseline(

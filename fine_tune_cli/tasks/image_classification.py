@@ -57,6 +57,12 @@ class ImageClassificationTask(ImageTask, ClassificationTask):
         return label_rows(records, predict_image_probs(loaded, records), loaded)
 
     @classmethod
+    def explainer(cls, target: Any) -> Any:
+        from fine_tune_cli.tasks.explainers import ImageExplainer
+
+        return ImageExplainer.for_target(target)
+
+    @classmethod
     def baseline(
         cls, recipe: Recipe, prepared: Any, split: PreparedSplit, texts: list[str]
     ) -> dict[str, Any]:

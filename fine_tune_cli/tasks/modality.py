@@ -35,6 +35,7 @@ class TaskBase:
     unit: ClassVar[str] = "samples"
     not_exportable: ClassVar[str | None] = None
     predictable: ClassVar[bool] = False
+    explainable: ClassVar[bool] = False
     evaluates_new_files: ClassVar[bool] = False
     generates_samples: ClassVar[bool] = False
     distillable: ClassVar[bool] = False
@@ -73,6 +74,13 @@ class TaskBase:
     @classmethod
     def predict(cls, loaded: Any, source: str) -> Predictions:
         raise RecipeError(f"{loaded.root}: {cls.name} models cannot label new inputs")
+
+    @classmethod
+    def explainer(cls, target: Any) -> Any:
+        raise RecipeError(
+            f"{target.model_dir}: ftc explain explains text and image classifiers (this model"
+            f" is {target.recipe.model.family}/{target.recipe.model.task})"
+        )
 
     @classmethod
     def baseline(
