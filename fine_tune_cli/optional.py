@@ -18,6 +18,8 @@ EXTRAS: dict[str, str] = {
     "mlflow": "mlflow",
     "wandb": "wandb",
     "captum": "explain",
+    "datasketch": "dedupe",
+    "optuna": "sweep",
 }
 
 

@@ -49,14 +49,12 @@ def image_hash_inputs(recipe: Recipe, format_version: int) -> dict[str, Any]:
     """What determines prepared image data: the source's content (every file), the
     pipeline, split and the image size the model wants. Paths do not count."""
     from fine_tune_cli.data.image_sources import image_format, source_fingerprint
+    from fine_tune_cli.data.prepare import hashed_data
 
-    data = recipe.data.model_dump(mode="json")
-    data.pop("cache_dir")
-    data["source"].pop("path")
     inputs = {
         "format": format_version,
         "source_sha256": source_fingerprint(recipe.data.source),
-        "data": data,
+        "data": hashed_data(recipe),
         "family": recipe.model.family,
         "task": recipe.model.task,
         "image_size": target_size(recipe),

@@ -53,10 +53,30 @@ def read_source(spec: SourceSpec, *, need_label: bool, images: bool = False) -> 
     return SOURCES.get(fmt)(spec, need_label)
 
 
-def text_source(
-    read: Callable[[IO[str], SourceSpec, bool], list[Record]],
-    check: Callable[[SourceSpec, bool], None],
-) -> Source:
+Reader = Callable[[IO[str], SourceSpec, bool], Iterator[Record]]
+# The text formats' record iterators by format: prepare streams these (flat memory).
+TEXT_READERS: dict[str, tuple[Reader, Callable[[SourceSpec, bool], None]]] = {}
+
+
+def iter_text_records(spec: SourceSpec, need_label: bool) -> Iterator[Record]:
+    """The records of a text source one at a time (never the whole file in memory); a
+    source without a single row is a DataError once the file is exhausted."""
+    path = Path(spec.path)
+    _check_file(path, spec.path)
+    fmt = spec.format if spec.format != "auto" else _format_from_name(path, spec.path)
+    read, check = TEXT_READERS[fmt]
+    compressed = _is_gzip(path, spec.path)
+    check(spec, need_label)
+    empty = True
+    with _open_text(path, spec, compressed=compressed) as handle:
+        for record in read(handle, spec, need_label):
+            empty = False
+            yield record
+    if empty:
+        raise DataError(f"{spec.path}: no rows")
+
+
+def text_source(read: Reader, check: Callable[[SourceSpec, bool], None]) -> Source:
     """A text format's reader on the opened (maybe gzipped, decoded) file; `check` reports
     recipe/format mismatches before the file is opened."""
 
@@ -66,7 +86,7 @@ def text_source(
         compressed = _is_gzip(path, spec.path)
         check(spec, need_label)
         with _open_text(path, spec, compressed=compressed) as handle:
-            records = read(handle, spec, need_label)
+            records = list(read(handle, spec, need_label))
         if not records:
             raise DataError(f"{spec.path}: no rows")
         return records
@@ -176,7 +196,7 @@ def _missing(what: str, key: str, where: str, available: list[str], kind: str) -
 
 
 # --------------------------------------------------------------------------- formats
-def _read_csv(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
+def _read_csv(handle: IO[str], spec: SourceSpec, need_label: bool) -> Iterator[Record]:
     shown = spec.path
     old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
@@ -184,7 +204,7 @@ def _read_csv(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Recor
         try:
             header = next(reader, None)
             if header is None:
-                return []
+                return
             columns = [c.strip() for c in header]
             index = {name: i for i, name in enumerate(columns)}
             where = f"{shown}: header"
@@ -195,40 +215,38 @@ def _read_csv(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Recor
             label_col = spec.label if spec.label in index else None
             if need_label and spec.label and label_col is None:
                 raise _missing("label", spec.label, where, columns, "column")
-            records: list[Record] = []
+            n = 0
             for row in reader:
-                if spec.limit is not None and len(records) >= spec.limit:
+                if spec.limit is not None and n >= spec.limit:
                     break
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
                 # Rows are numbered as in a spreadsheet: the header is row 1.
-                where = f"{shown}: row {len(records) + 2}"
+                where = f"{shown}: row {n + 2}"
                 if len(row) != len(columns):
                     raise DataError(
                         f"{where}: {len(row)} fields but the header has {len(columns)}"
                         " (check the quoting: quote fields holding commas, close every quote)"
                     )
-                records.append(
-                    {
-                        "id": len(records),
-                        "text": row[index[spec.text]],
-                        "label": (
-                            _label_value(row[index[label_col]], where, label_col, need_label)
-                            if label_col
-                            else None
-                        ),
-                        "group": (
-                            _group_value(row[index[spec.group]], where, spec.group)
-                            if spec.group
-                            else None
-                        ),
-                    }
-                )
+                yield {
+                    "id": n,
+                    "text": row[index[spec.text]],
+                    "label": (
+                        _label_value(row[index[label_col]], where, label_col, need_label)
+                        if label_col
+                        else None
+                    ),
+                    "group": (
+                        _group_value(row[index[spec.group]], where, spec.group)
+                        if spec.group
+                        else None
+                    ),
+                }
+                n += 1
         except csv.Error as exc:
             raise DataError(f"{shown}: line {reader.line_num}: malformed CSV ({exc})") from None
     finally:
         csv.field_size_limit(old_limit)
-    return records
 
 
 def jsonl_objects(handle: IO[str], shown: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -252,9 +270,8 @@ def jsonl_objects(handle: IO[str], shown: str | None) -> Iterator[tuple[str, dic
         yield where, obj
 
 
-def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
-    records: list[Record] = []
-    for where, obj in jsonl_objects(handle, spec.path):
+def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> Iterator[Record]:
+    for n, (where, obj) in enumerate(jsonl_objects(handle, spec.path)):
         keys = list(obj)
         if spec.text not in obj:
             raise _missing("text", spec.text, where, keys, "key")
@@ -275,10 +292,9 @@ def _read_jsonl(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Rec
             if spec.group not in obj:
                 raise _missing("group", spec.group, where, keys, "key")
             group = _group_value(obj[spec.group], where, spec.group)
-        records.append({"id": len(records), "text": text, "label": label, "group": group})
-        if len(records) == spec.limit:  # stop before reading (and judging) the next line
+        yield {"id": n, "text": text, "label": label, "group": group}
+        if n + 1 == spec.limit:  # stop before reading (and judging) the next line
             break
-    return records
 
 
 def _txt_columns(spec: SourceSpec, need_label: bool) -> None:
@@ -291,35 +307,40 @@ def _txt_columns(spec: SourceSpec, need_label: bool) -> None:
         raise DataError(f"{spec.path}: a txt file has no columns; unset data.source.group")
 
 
-def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> list[Record]:
+def _read_txt(handle: IO[str], spec: SourceSpec, need_label: bool) -> Iterator[Record]:
     """One record per non-empty line, or per blank-line-separated paragraph (documents
     such as chapters, kept whole so LM splits hold out whole documents)."""
-    records: list[Record] = []
+    n = 0
     paragraph: list[str] = []
 
-    def add(text: str) -> None:
-        records.append({"id": len(records), "text": text, "label": None, "group": None})
+    def record(text: str) -> Record:
+        return {"id": n, "text": text, "label": None, "group": None}
 
     for line in handle:
-        if spec.limit is not None and len(records) >= spec.limit:
+        if spec.limit is not None and n >= spec.limit:
             break
         text = line.rstrip("\r\n")
         if spec.txt_unit == "line":
             if text.strip():
-                add(text)
+                yield record(text)
+                n += 1
         elif text.strip():
             paragraph.append(text)
         elif paragraph:
-            add("\n".join(paragraph))
+            yield record("\n".join(paragraph))
+            n += 1
             paragraph = []
-    if paragraph and (spec.limit is None or len(records) < spec.limit):
-        add("\n".join(paragraph))
-    return records
+    if paragraph and (spec.limit is None or n < spec.limit):
+        yield record("\n".join(paragraph))
 
 
-SOURCES.add("csv", text_source(_read_csv, _labelled_text))
-SOURCES.add("jsonl", text_source(_read_jsonl, _labelled_text))
-SOURCES.add("txt", text_source(_read_txt, _txt_columns))
+TEXT_READERS.update(
+    csv=(_read_csv, _labelled_text),
+    jsonl=(_read_jsonl, _labelled_text),
+    txt=(_read_txt, _txt_columns),
+)
+for _name, (_read, _check) in TEXT_READERS.items():
+    SOURCES.add(_name, text_source(_read, _check))
 
 
 STDIN = "-"

@@ -2,7 +2,10 @@
 
 A step takes the list of records and returns a new list, so filters (dedupe, length)
 and per-record transforms (strip_html, redact_pii) share one shape and the pipeline
-can report how many records each step kept.
+can report how many records each step kept. Prepare streams records through the steps
+in chunks (data/stream.py): a step that must remember earlier records keeps that in
+`ctx.state` (one dict per step and pipeline), and exact `dedupe` is resolved on disk by
+its `key` (a 64-bit hash per record) instead of a set of every text.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import email
 import email.header
 import email.message
 import email.policy
+import hashlib
 import html
 import random
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from typing import Any, Literal
 
@@ -36,6 +40,8 @@ class StepContext:
     """What a step may need besides its records (seeded randomness for augmentation)."""
 
     seed: int = 0
+    # What a step remembers between chunks of one stream (its own dict per pipeline).
+    state: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 StepFn = Callable[[list[Record], Any, StepContext], list[Record]]
@@ -47,17 +53,22 @@ class Step:
     fn: StepFn
     params: type[BaseModel]
     doc: str
+    # Exact-duplicate steps: the record's 64-bit key; streamed prepare resolves these
+    # over the whole corpus on disk (keep the first record of each key).
+    key: Callable[[Record, Any], int] | None = None
 
 
 STEPS: Registry[Step] = Registry("pipeline step")
 
 
-def step(name: str, params: type[BaseModel] = NoParams) -> Callable[[StepFn], StepFn]:
+def step(
+    name: str, params: type[BaseModel] = NoParams, key: Callable[[Record, Any], int] | None = None
+) -> Callable[[StepFn], StepFn]:
     """Register `fn(records, params, ctx) -> records` under `name`."""
 
     def decorate(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STEPS.add(name, Step(name=name, fn=fn, params=params, doc=doc))
+        STEPS.add(name, Step(name=name, fn=fn, params=params, doc=doc, key=key))
         return fn
 
     return decorate
@@ -67,12 +78,30 @@ def run_pipeline(
     records: list[Record], steps: list[tuple[Step, BaseModel]], ctx: StepContext
 ) -> tuple[list[Record], list[dict[str, Any]]]:
     """Apply `steps` in order; report how many records went into and out of each."""
-    report: list[dict[str, Any]] = []
-    for spec, params in steps:
-        n_in = len(records)
-        records = spec.fn(records, params, ctx)
-        report.append({"step": spec.name, "in": n_in, "out": len(records)})
-    return records, report
+    pipeline = Pipeline(steps, ctx)
+    return pipeline.feed(records), pipeline.report()
+
+
+class Pipeline:
+    """Steps applied chunk by chunk with per-step state kept between chunks, counting
+    records into and out of each step (feeding the whole list at once is run_pipeline)."""
+
+    def __init__(self, steps: list[tuple[Step, BaseModel]], ctx: StepContext):
+        self.steps = [(spec, params, replace(ctx, state={})) for spec, params in steps]
+        self.counts = [[0, 0] for _ in steps]
+
+    def feed(self, records: list[Record]) -> list[Record]:
+        for (spec, params, ctx), count in zip(self.steps, self.counts, strict=True):
+            count[0] += len(records)
+            records = spec.fn(records, params, ctx) if records else records
+            count[1] += len(records)
+        return records
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {"step": spec.name, "in": n_in, "out": n_out}
+            for (spec, _, _), (n_in, n_out) in zip(self.steps, self.counts, strict=True)
+        ]
 
 
 def _with_text(records: list[Record], transform: Callable[[str], str]) -> list[Record]:
@@ -284,16 +313,57 @@ class DedupeParams(BaseModel):
     )
 
 
-@step("dedupe", DedupeParams)
+def dedupe_key(record: Record, params: DedupeParams) -> int:
+    """A record's 64-bit dedupe key (blake2b of the text, and label when asked). Two
+    different texts share a key with probability ~n^2 / 2^65 (3e-6 for 10M records)."""
+    digest = hashlib.blake2b(record["text"].encode("utf-8", "surrogatepass"), digest_size=8)
+    if params.key == "text_label":
+        label = record["label"]
+        digest.update(b"\x00\x02" if label is None else b"\x00\x01" + str(label).encode())
+    return int.from_bytes(digest.digest(), "little")
+
+
+@step("dedupe", DedupeParams, key=dedupe_key)
 def dedupe(records: list[Record], params: DedupeParams, ctx: StepContext) -> list[Record]:
     """Drop exact duplicates, keeping the first occurrence."""
-    seen: set[Any] = set()
+    seen: set[Any] = ctx.state.setdefault("seen", set())
     kept = []
     for r in records:
         key = r["text"] if params.key == "text" else (r["text"], r["label"])
         if key not in seen:
             seen.add(key)
             kept.append(dict(r))
+    return kept
+
+
+class NearDedupeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Estimated Jaccard similarity of word shingles that"
+        " makes two texts near duplicates.",
+    )
+    shingle: int = Field(5, ge=1, description="Words per shingle.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+
+
+@step("near_dedupe", NearDedupeParams)
+def near_dedupe(records: list[Record], params: NearDedupeParams, ctx: StepContext) -> list[Record]:
+    """Drop near duplicates (MinHash LSH over word shingles), keeping the first seen."""
+    from fine_tune_cli.data.near_dup import NearIndex
+
+    index = ctx.state.get("index")
+    if index is None:
+        index = ctx.state["index"] = NearIndex(params.threshold, params.shingle, params.num_perm)
+    kept = []
+    for r in records:
+        signature = index.signature(r["text"])
+        if index.query(signature):
+            continue
+        index.add(index.size, signature)
+        kept.append(dict(r))
     return kept
 
 

@@ -142,6 +142,7 @@ def train_tokenizer(
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
+        tok.model = _canonical_wordpiece(tok.get_vocab())
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -169,6 +170,20 @@ def train_tokenizer(
             pad_token=GPT2_EOS,
         )
     raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+def _canonical_wordpiece(vocab: dict[str, int]) -> Any:
+    """The trained WordPiece vocabulary with deterministic ids: the trainer numbers its
+    tokens in hash-map order (the same set, permuted differently on every run), so two
+    prepares of the same data gave different token ids. Special tokens keep their ids;
+    every other token is numbered in sorted order. WordPiece matching does not depend on
+    the ids, only the numbering changes."""
+    from tokenizers import models
+
+    specials = [t for t in BERT_SPECIALS.values() if t in vocab]
+    rest = sorted(t for t in vocab if t not in BERT_SPECIALS.values())
+    ordered = {t: i for i, t in enumerate([*sorted(specials, key=vocab.__getitem__), *rest])}
+    return models.WordPiece(ordered, unk_token="[UNK]", continuing_subword_prefix="##")
 
 
 def for_model_dir(processor: Any, max_length: int) -> Any:

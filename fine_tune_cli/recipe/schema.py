@@ -206,6 +206,32 @@ class DataSpec(Strict):
     cache_dir: str | None = Field(
         None, description="Prepared-data store (default $FTC_CACHE_DIR or ~/.cache/fine_tune_cli)."
     )
+    num_workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Processes tokenising chunks at prepare (output identical for any number).",
+    )
+    leakage: Literal["off", "report", "drop"] = Field(
+        "off",
+        description="After splitting: count validation/test records with a near duplicate in"
+        " train (report) or also remove them (drop); counts go to the prepared manifest.",
+    )
+    leakage_threshold: float = Field(
+        0.8, gt=0, le=1, description="Shingle Jaccard similarity that counts as leakage."
+    )
+    leakage_shingle: int = Field(5, ge=1, description="Words per shingle for data.leakage.")
+
+    @field_validator("leakage", mode="before")
+    @classmethod
+    def _leakage_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+
+# Data keys that do not change the prepared bytes (num_workers), or only when set away
+# from their default (added later: recipes that predate them keep their data hash).
+DATA_KEYS_OUT_OF_HASH = ("cache_dir", "num_workers")
+DATA_KEYS_HASHED_IF_SET = ("leakage", "leakage_threshold", "leakage_shingle")
 
 
 # --------------------------------------------------------------------------- optim

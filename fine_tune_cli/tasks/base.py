@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.models.registry import BuildContext
     from fine_tune_cli.recipe import ModelSpec, Recipe
 
@@ -121,6 +122,12 @@ class Task(Protocol):
         cls, recipe: Recipe, splits: dict[str, list[Record]], labels: list[str], out: Path
     ) -> dict[str, Any]:
         """The prepare encoder: split records -> arrays in `out`; manifest entries back."""
+        ...
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        """How prepare streams the corpus with flat memory, sharded and in parallel
+        (data/stream.py); None: `read_source` + `encode` on one list of records."""
         ...
 
     @classmethod

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.recipe import Recipe
 
 log = logging.getLogger("ftc")
@@ -87,6 +88,15 @@ class ClassificationTask(TextTask):
     @classmethod
     def stratify_labels(cls, records: list[Record]) -> list[Any] | None:
         return [r["label"] for r in records]
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        """One truncated [CLS] ... [SEP] sequence per example, its label and text."""
+        from fine_tune_cli.data.stream import StreamEncoding
+
+        return StreamEncoding(
+            special_tokens=True, truncate=True, labels=True, texts=True, stratify=True
+        )
 
     @classmethod
     def encode(

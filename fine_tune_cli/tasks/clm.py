@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.recipe import Recipe
 
 log = logging.getLogger("ftc")
@@ -56,6 +57,13 @@ class CausalLMTask(TextTask):
         from fine_tune_cli.data.lm import encode_clm
 
         return encode_clm(recipe, splits, labels, out)
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        """Documents joined by EOS, packed into blocks of max_length."""
+        from fine_tune_cli.data.stream import StreamEncoding
+
+        return StreamEncoding(separator="eos", pack=True)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, prepared: Any) -> CausalLMTask:

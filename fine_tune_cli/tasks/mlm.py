@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.recipe import Recipe
 
 
@@ -73,6 +74,13 @@ class MaskedLMTask(TextTask):
         from fine_tune_cli.data.lm import encode_mlm
 
         return encode_mlm(recipe, splits, labels, out)
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        """The corpus packed into [CLS] ... [SEP] blocks of max_length."""
+        from fine_tune_cli.data.stream import StreamEncoding
+
+        return StreamEncoding(separator="sep", pack=True, wrap=True)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, prepared: Any) -> MaskedLMTask:

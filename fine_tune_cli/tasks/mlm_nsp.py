@@ -10,6 +10,7 @@ from fine_tune_cli.tasks.mlm import MaskedLMTask
 
 if TYPE_CHECKING:
     from fine_tune_cli.data.steps import Record
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.recipe import Recipe
 
 
@@ -22,6 +23,10 @@ class MaskedLMNextSentenceTask(MaskedLMTask):
     nsp = True
     # 2: random B segments drawn uniformly over segments, not per document.
     encoder_revision = 2
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        return None  # sentence pairs are drawn across whole documents: one list
 
     @classmethod
     def recipe_problems(cls, recipe: Recipe) -> list[str]:

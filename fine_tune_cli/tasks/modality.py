@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from fine_tune_cli.data.steps import Record
     from fine_tune_cli.data.store import PreparedSplit
+    from fine_tune_cli.data.stream import StreamEncoding
     from fine_tune_cli.models.registry import BuildContext
     from fine_tune_cli.recipe import Recipe
 
@@ -62,6 +63,12 @@ class TaskBase:
     @classmethod
     def label_names(cls, recipe: Recipe, records: list[Record]) -> list[str]:
         return []
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        """How prepare streams this task's corpus (data/stream.py); None: prepared as one
+        list of records."""
+        return None
 
     @classmethod
     def stratify_labels(cls, records: list[Record]) -> list[Any] | None:
@@ -192,6 +199,10 @@ class ImageTask(TaskBase):
     modality: ClassVar[Modality] = "image"
     augments_batches: ClassVar[bool] = True  # data.augment runs per batch, not at prepare
     pads_batches: ClassVar[bool] = False  # fixed-size pixels (before TextTask in the MRO)
+
+    @classmethod
+    def stream_encoding(cls, recipe: Recipe) -> StreamEncoding | None:
+        return None  # decoded images are prepared as one list (before the text tasks' MRO)
 
     @classmethod
     def modality_problems(cls, recipe: Recipe) -> list[str]:
