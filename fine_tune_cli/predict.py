@@ -223,15 +223,20 @@ def image_geometry(root: Path) -> dict[str, Any]:
 def predict_image_probs(loaded: Any, rows: list[Record]) -> np.ndarray:
     """Class probabilities, one row per image: decode, the recipe's steps, the prepared
     data's size fitting (fit_image) and the eval-time scaling (ImageBatches)."""
+    from fine_tune_cli.console import Progress
+
     recipe = loaded.recipe
     info = image_geometry(loaded.root)
     to_grey: list[str] = []
     probs = np.empty((len(rows), len(loaded.labels)), dtype=np.float64)
-    for start in range(0, len(rows), BATCH_SIZE):
-        chunk = rows[start : start + BATCH_SIZE]
-        pixels = image_pixels(recipe, info, chunk, to_grey)
-        logits = loaded.run({"pixel_values": scaled_pixels(recipe, info, pixels)})["logits"]
-        probs[start : start + len(chunk)] = _softmax(np.asarray(logits, dtype=np.float64))
+    batches = -(-len(rows) // BATCH_SIZE)
+    with Progress(batches, unit="batch", name="predict") as progress:
+        for start in range(0, len(rows), BATCH_SIZE):
+            chunk = rows[start : start + BATCH_SIZE]
+            pixels = image_pixels(recipe, info, chunk, to_grey)
+            logits = loaded.run({"pixel_values": scaled_pixels(recipe, info, pixels)})["logits"]
+            probs[start : start + len(chunk)] = _softmax(np.asarray(logits, dtype=np.float64))
+            progress.advance(counts={"images": len(chunk)})
     warn_grey(to_grey)
     return probs
 
