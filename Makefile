@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet "$(TORCH)" || echo "note: $(TORCH) not available here; pip resolves torch from the index"
-	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench,tensorboard,mlflow,wandb,pretrained,explain]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench,tensorboard,mlflow,wandb,pretrained,explain,sweep]"
 	touch $@
 
 demo: install

@@ -5,13 +5,24 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from typing import Any
 
 import typer
 from typer.exceptions import TyperException
 
 from fine_tune_cli.cli import eval as eval_cmd
 from fine_tune_cli.cli import explain as explain_cmd
-from fine_tune_cli.cli import export, generate, predict, prepare, recipes, runs, train, verify
+from fine_tune_cli.cli import (
+    export,
+    generate,
+    predict,
+    prepare,
+    recipes,
+    runs,
+    sweep,
+    train,
+    verify,
+)
 from fine_tune_cli.cli.common import emit_json, error_payload
 from fine_tune_cli.hub import downloads_allowed
 
@@ -53,6 +64,7 @@ app.command("verify")(verify.verify)
 app.command("predict")(predict.predict)
 app.command("explain")(explain_cmd.explain)
 app.command("generate")(generate.generate)
+app.command("sweep")(sweep.sweep)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(runs.app, name="runs")
 
@@ -78,10 +90,18 @@ def root(
     """The root command only holds options common to all commands."""
 
 
-def _value_options() -> set[str]:
-    """Every option name, across commands, that takes a value (`--out FILE`, ...)."""
+def _value_options(args: list[str]) -> set[str]:
+    """The option names that take a value (`--out FILE`, ...) of the command `args`
+    name (`ftc sweep ... --resume` is a flag there, though `train --resume` takes a
+    value); every command's when `args` name none."""
+    command: Any = typer.main.get_command(app)
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            break
+        command = sub
     names: set[str] = set()
-    stack = [typer.main.get_command(app)]
+    stack = [command]
     while stack:
         command = stack.pop()
         stack.extend(getattr(command, "commands", {}).values())
@@ -94,7 +114,7 @@ def _value_options() -> set[str]:
 def _swallowed_option(args: list[str]) -> str | None:
     """`ftc eval RUN --compare --json` would take "--json" as the run dir to compare with
     and silently drop JSON mode: refuse an option name given as another option's value."""
-    takes_value = _value_options()
+    takes_value = _value_options(args)
     for name, value in itertools.pairwise(args):
         if name in takes_value and value.startswith("--"):
             return f"option {name} needs a value, got the option {value}"
