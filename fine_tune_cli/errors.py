@@ -6,6 +6,11 @@ Every error a user can cause is one of these; anything else escaping a command i
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+from pathlib import Path
+
 
 class FtcError(Exception):
     """Base class: an error with a user-facing one-line message and an exit code."""
@@ -77,6 +82,55 @@ class OutputError(FtcError):
     """Writing outputs failed (disk full, read-only)."""
 
     exit_code = 8
+
+
+# Write failures that are the machine's, not a bug: exit 8 with the fix. Keyed by errno;
+# Rust libraries (safetensors, tokenizers) only say "... (os error 28)" in their message.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full: free space or write the outputs elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free space or write the outputs elsewhere",
+    errno.EFBIG: "a file hit the file-size limit (ulimit -f, or the filesystem's): raise"
+    " it or write the outputs elsewhere",
+    errno.EROFS: "the filesystem is read-only: write the outputs elsewhere",
+    errno.EACCES: "no permission to write there: fix its permissions or write the outputs"
+    " elsewhere",
+    errno.EPERM: "no permission to write there: fix its permissions or write the outputs elsewhere",
+}
+_RUST_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def _write_errno(exc: BaseException) -> tuple[int, str | None] | None:
+    """(errno, filename) of a write failure in `exc` or the exceptions it wraps."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_FAILURES:
+            return current.errno, current.filename
+        found = _RUST_OS_ERROR.search(str(current))
+        if found and int(found.group(1)) in _WRITE_FAILURES:
+            return int(found.group(1)), None
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def output_failure(
+    exc: BaseException, path: str | Path | None = None, *, writing: bool = False
+) -> OutputError | None:
+    """The OutputError (exit 8) for an exception that is a failed write (disk full, file
+    too large, read-only, no permission), naming `path` (else the file the OS named);
+    None when `exc` is something else. The one place that knows these errnos.
+    `writing`: the caller was only writing `path`, so any other OSError is exit 8 too."""
+    if isinstance(exc, OutputError):
+        return exc
+    found = _write_errno(exc)
+    if found is None:
+        if writing and isinstance(exc, OSError):
+            return OutputError(f"{path or exc.filename}: cannot write ({exc.strerror or exc})")
+        return None
+    code, filename = found
+    where = path or filename or "writing outputs"
+    return OutputError(f"{where}: cannot write ({os.strerror(code)}); {_WRITE_FAILURES[code]}")
 
 
 class DistributedError(FtcError):

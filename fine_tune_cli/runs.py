@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fine_tune_cli import formats
-from fine_tune_cli.errors import ConflictError, OutputError, RecipeError
+from fine_tune_cli.errors import ConflictError, OutputError, RecipeError, output_failure
 
 if TYPE_CHECKING:
     from fine_tune_cli.recipe import Recipe
@@ -152,6 +152,21 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def vanished(directory: Path) -> str:
+    """The message when a directory ftc is writing into was deleted or moved away."""
+    return (
+        f"{directory}: the directory vanished while ftc was writing into it (deleted or"
+        " moved); what was in it is gone: run the command again"
+    )
+
+
+def write_failed(path: Path, exc: OSError) -> OutputError:
+    """OutputError (exit 8) for a failed write of `path`, saying why and what to do."""
+    if not path.parent.is_dir():
+        return OutputError(vanished(path.parent))
+    return output_failure(exc, path) or OutputError(f"{path}: cannot write ({exc.strerror})")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file + rename so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -160,7 +175,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
+        raise write_failed(path, exc) from None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -282,7 +297,7 @@ class RunDir:
             with open(self.metrics_file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, default=float) + "\n")
         except OSError as exc:
-            raise OutputError(f"{self.metrics_file}: cannot write ({exc.strerror})") from None
+            raise write_failed(self.metrics_file, exc) from None
         if self.tracker is not None:
             self.tracker.record(record)
 

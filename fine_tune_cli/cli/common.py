@@ -3,16 +3,18 @@ errors become exit codes (tracebacks only with FTC_DEBUG=1)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
 
-from fine_tune_cli.errors import FtcError
+from fine_tune_cli.errors import FtcError, Interrupted, output_failure
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout at the end.")
 OVERRIDES_ARG = typer.Argument(
@@ -68,6 +70,26 @@ def fail(
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Interrupted (exit 143) like SIGINT raises KeyboardInterrupt, so the
+    `finally`/`except` blocks that remove temp dirs run and nothing half-written is left
+    (the trainer replaces this with its own handler: finish the step, checkpoint, exit)."""
+
+    def handle(signum: int, frame: object) -> None:
+        raise Interrupted("interrupted by SIGTERM; nothing was published", signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_command(
     command: str,
     json_mode: bool,
@@ -76,7 +98,8 @@ def run_command(
 ) -> None:
     """Run a command body; map its outcome to output and an exit code."""
     try:
-        result = body()
+        with _sigterm_raises():
+            result = body()
     except FtcError as exc:
         fail(command, json_mode, exc.exit_code, exc.message, exc.status, exc.payload)
     except KeyboardInterrupt:
@@ -86,6 +109,9 @@ def run_command(
     except Exception as exc:  # a bug: keep it to one line unless debugging
         if os.environ.get("FTC_DEBUG"):
             traceback.print_exc()
+        written = output_failure(exc)  # disk full, read-only ...: exit 8, not a bug
+        if written is not None:
+            fail(command, json_mode, written.exit_code, written.message)
         first = (str(exc).splitlines() or [""])[0]
         fail(
             command,

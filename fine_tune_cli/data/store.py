@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from fine_tune_cli.errors import DataError, IntegrityError, OutputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger("ftc")
 
 # Enters every data hash. Never bump it for a layout change (that is
 # formats.CURRENT["prepared"]): a new value orphans every cache entry and makes resume refuse
@@ -165,10 +168,67 @@ def _load_split(root: Path, name: str) -> PreparedSplit:
     )
 
 
+def _file_list(root: Path) -> dict[str, dict[str, Any]]:
+    """Every data file of a prepared dir: sha256, size and mtime (the markers aside)."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in (MANIFEST, COMPLETE) or rel.startswith("."):
+            continue
+        stat = path.stat()
+        out[rel] = {
+            "sha256": sha256_file(path),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    return out
+
+
 def write_prepared_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """The manifest of a prepared dir being built, stamped with the current format."""
+    """The manifest of a prepared dir being built, stamped with the current format; it
+    lists every file written so far (call it last) so damage is found on open."""
+    manifest = {**manifest, "files": _file_list(root)}
     text = json.dumps(formats.stamp("prepared", manifest), indent=2, ensure_ascii=False)
     (root / MANIFEST).write_text(text)
+
+
+def damage(root: Path) -> str | None:
+    """What is wrong with a complete prepared dir's files (None: as built). Sizes are
+    always compared; a file whose mtime moved is also hashed, so a same-size edit is found
+    too. Dirs written before files were listed are trusted."""
+    try:
+        files = json.loads((root / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return f"{MANIFEST} is unreadable"
+    if not isinstance(files, dict):
+        return None
+    for rel, entry in files.items():
+        path = root / rel
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{rel} is missing"
+        if stat.st_size != entry.get("bytes"):
+            return f"{rel} has {stat.st_size} bytes, not the {entry.get('bytes')} it was built with"
+        if stat.st_mtime_ns != entry.get("mtime_ns") and sha256_file(path) != entry.get("sha256"):
+            return f"{rel} was changed after it was built (sha256 differs)"
+    return None
+
+
+def entry_ready(final: Path, *, warn: bool = True) -> bool:
+    """True when `final` is a complete prepared dir with its files as built. A damaged one
+    (a file truncated, edited or deleted) is derived data: say so and return False, so the
+    caller rebuilds it (under the entry lock) instead of training on it."""
+    if not (final / COMPLETE).is_file():
+        return False
+    problem = damage(final)
+    if problem is None:
+        return True
+    if warn:
+        log.warning(
+            "%s: prepared data is damaged (%s); rebuilding it from the source", final, problem
+        )
+    return False
 
 
 def read_prepared_manifest(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fine_tune_cli import formats
-from fine_tune_cli.errors import OutputError, RecipeError
+from fine_tune_cli.errors import OutputError, RecipeError, output_failure
 from fine_tune_cli.manifest import fsync_tree, verify_manifest, write_manifest
 from fine_tune_cli.runs import (
     CHECKPOINTS,
@@ -27,6 +27,7 @@ from fine_tune_cli.runs import (
     complete_checkpoints,
     latest_checkpoint,
     step_name,
+    vanished,
 )
 
 STATE = "trainer_state.pt"
@@ -62,6 +63,8 @@ def save_model_dir(
 
     `weights`: the full state dict when the model itself is sharded (FSDP).
     """
+    if not target.parent.is_dir():  # the run dir was deleted: do not recreate it
+        raise OutputError(vanished(target.parent))
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -75,9 +78,12 @@ def save_model_dir(
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk, a signal: never leave the temp dir behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{target}: cannot write model ({exc.strerror})") from None
+        failed = output_failure(exc, target, writing=True)
+        if failed is None:
+            raise
+        raise failed from None
 
 
 def save_checkpoint(
@@ -92,8 +98,10 @@ def save_checkpoint(
     root = run_dir / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
+    if not run_dir.is_dir():
+        raise OutputError(vanished(run_dir))
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(exist_ok=True)  # not parents: a deleted run dir must not come back empty
         # Our own temp dir and any a killed writer left half-done: we hold the run lock, so
         # no one else is writing here, and those weights would otherwise stay forever.
         for stale in root.glob(f".tmp-{STEP_PREFIX}*"):
@@ -101,7 +109,10 @@ def save_checkpoint(
         unwrap(model).save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if os.environ.get("FTC_FAULT_KILL_IN_SAVE") == str(step):
             os._exit(137)  # fault injection for tests: die like SIGKILL halfway through a save
-        torch.save(formats.stamp("checkpoint", state), tmp / STATE)
+        # Through a Python file: a full disk then surfaces as an OSError (errno) behind
+        # torch's RuntimeError ("unexpected pos"), which output_failure maps to exit 8.
+        with open(tmp / STATE, "wb") as fh:
+            torch.save(formats.stamp("checkpoint", state), fh)
         (tmp / RECIPE_LOCK).write_text(recipe_yaml)
         write_manifest(tmp, step=step)
         fsync_tree(tmp)
@@ -110,9 +121,14 @@ def save_checkpoint(
         os.replace(tmp, final)
         (final / COMPLETE).write_text(f"{step}\n")
         fsync_tree(final)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk (safetensors wraps it), a signal, ...
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{final}: cannot write checkpoint ({exc.strerror})") from None
+        if not run_dir.is_dir():
+            raise OutputError(vanished(run_dir)) from None
+        failed = output_failure(exc, final, writing=True)
+        if failed is None:
+            raise
+        raise failed from None
     for old in complete_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

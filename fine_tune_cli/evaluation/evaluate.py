@@ -175,8 +175,10 @@ def _write(ev: Evaluation, comparison: dict[str, Any] | None) -> dict[str, str]:
     from fine_tune_cli.evaluation.image_report import image_plots
     from fine_tune_cli.evaluation.report import write_report
     from fine_tune_cli.evaluation.summary import class_counts, run_header
+    from fine_tune_cli.faults import signal_at
     from fine_tune_cli.tasks import task_for
 
+    signal_at("eval")  # tests: SIGTERM once the metrics exist, before anything is written
     target = ev.target
     labels = _labels(target)
     history = target.run.history() if target.run else []

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fine_tune_cli.errors import ConflictError, GateError, OutputError, RecipeError
+from fine_tune_cli.errors import ConflictError, GateError, RecipeError, output_failure
+from fine_tune_cli.faults import signal_at
 from fine_tune_cli.recipe import ExportSpec, parse_override, validate_tree
 from fine_tune_cli.runs import EXPORT
 from fine_tune_cli.targets import load_model, prepared_for, resolve_target
@@ -164,12 +165,13 @@ def run_export(
             versions=_versions(fmt),
         )
         fsync_tree(tmp)  # on disk before the rename makes it visible
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot write export ({exc.strerror})") from None
+        signal_at("export")
+        _publish(tmp, out_dir)
+    except Exception as exc:  # a full disk (safetensors/onnx wrap it), a read-only dir
+        failed = output_failure(exc, out_dir, writing=True)
+        if failed is None:
+            raise
+        raise failed from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
@@ -190,6 +192,17 @@ def run_export(
 
 def _pair(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{a:.4f} (torch) / {b:.4f} (export)"
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished export into place; an export it replaces (--overwrite) is moved
+    aside first and removed only after, so a kill never leaves neither."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _dir_bytes(root: Path, only: tuple[str, ...] | None = None) -> int:

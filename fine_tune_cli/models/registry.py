@@ -94,10 +94,15 @@ def resolve_init_dir(path: str | Path) -> Path:
     """An HF model dir to load from: a model dir, one of our run dirs, a checkpoint, or a
     Hugging Face Hub id (`org/name[@rev]`) resolved to its snapshot in the local cache."""
     from fine_tune_cli.hub import local_path, remote_code_problem, weights_problem
-    from fine_tune_cli.runs import MODEL_CONFIG, inspect_path
+    from fine_tune_cli.runs import COMPLETE, MANIFEST, MODEL_CONFIG, inspect_path
 
     path = local_path(str(path), "model.init_from")
     info = inspect_path(path)
+    if _half_written(path, info.kind):
+        raise RecipeError(
+            f"model.init_from: {path} is a checkpoint without {COMPLETE} (half-written: its"
+            " writer stopped mid-save); name a complete checkpoints/step-* or the run's best/"
+        )
     found = path if (path / MODEL_CONFIG).is_file() else info.best or info.latest
     if found is None:
         raise RecipeError(
@@ -107,7 +112,21 @@ def resolve_init_dir(path: str | Path) -> Path:
     problem = remote_code_problem(found) or weights_problem(found)
     if problem:
         raise RecipeError(f"model.init_from: {found}: {problem}")
+    if (found / MANIFEST).is_file():  # one of ours (best/, a checkpoint, an export)
+        from fine_tune_cli.manifest import verify_manifest
+
+        verify_manifest(found)  # a changed or corrupt file: exit 6 before it is loaded
     return found
+
+
+def _half_written(path: Path, kind: str) -> bool:
+    """A checkpoint dir (or a checkpoint's temp dir) that never got its COMPLETE marker."""
+    from fine_tune_cli.runs import CHECKPOINTS, COMPLETE, STEP_PREFIX
+
+    in_checkpoints = path.parent.name == CHECKPOINTS and path.name.lstrip(".").startswith(
+        ("tmp-" + STEP_PREFIX, STEP_PREFIX)
+    )
+    return (kind == "checkpoint" or in_checkpoints) and not (path / COMPLETE).is_file()
 
 
 def label_kwargs(ctx: BuildContext) -> dict[str, object]:
