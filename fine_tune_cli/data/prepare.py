@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fine_tune_cli.data.shards import complete_parts, part_dirs, publish_part
 from fine_tune_cli.data.steps import STEPS, Record, StepContext, run_pipeline
 from fine_tune_cli.data.store import (
     HASH_SCHEME,
@@ -28,7 +29,8 @@ from fine_tune_cli.data.store import (
     write_prepared_manifest,
     write_split,
 )
-from fine_tune_cli.errors import DataError, OutputError
+from fine_tune_cli.data.stream import PLAN, StreamEncoding, write_json
+from fine_tune_cli.errors import DataError, OutputError, RecipeError
 from fine_tune_cli.locks import entry_lock
 from fine_tune_cli.recipe import Recipe
 
@@ -58,14 +60,11 @@ def text_hash_inputs(
     source = Path(recipe.data.source.path)
     if not source.is_file():
         raise DataError(f"{source}: data file not found (set data.source.path)")
-    data = recipe.data.model_dump(mode="json")
-    data.pop("cache_dir")
-    data["source"].pop("path")
     kind, tok_dir = tokenizer_source(recipe)
     inputs = {
         "format": scheme,
-        "source_sha256": sha256_file(source),
-        "data": data,
+        "source_sha256": file_fingerprint(source),
+        "data": hashed_data(recipe),
         "family": recipe.model.family,
         "task": recipe.model.task,
         "tokenizer": kind,
@@ -79,6 +78,51 @@ def text_hash_inputs(
     return inputs
 
 
+def hashed_data(recipe: Recipe) -> dict[str, Any]:
+    """The data section as it enters the hash: the source path, the cache location and
+    data.num_workers do not change the prepared bytes; keys added later count only when
+    set away from their default (recipes that predate them keep their hash)."""
+    from fine_tune_cli.recipe.schema import (
+        DATA_KEYS_HASHED_IF_SET,
+        DATA_KEYS_OUT_OF_HASH,
+        DataSpec,
+    )
+
+    data = recipe.data.model_dump(mode="json")
+    for key in DATA_KEYS_OUT_OF_HASH:
+        data.pop(key, None)
+    for key in DATA_KEYS_HASHED_IF_SET:
+        if data.get(key) == DataSpec.model_fields[key].default:
+            data.pop(key, None)
+    data["source"].pop("path")
+    return data
+
+
+# Sources up to this size are hashed whole (sha256: ~0.5-1 s per GiB). Larger ones by
+# size, mtime and a sha256 of 64 evenly spaced 1 MiB blocks (first and last included), so
+# `ftc train` on a 100 GB corpus does not reread it: an edit that keeps size and mtime and
+# misses every sampled block would go unnoticed (`ftc prepare --force` rebuilds).
+FULL_HASH_MAX_BYTES = 1 << 30
+SAMPLED_BLOCKS = 64
+SAMPLED_BLOCK_BYTES = 1 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """The source's content key: its sha256, or above FULL_HASH_MAX_BYTES a sampled key."""
+    import hashlib
+
+    stat = path.stat()
+    if stat.st_size <= FULL_HASH_MAX_BYTES:
+        return sha256_file(path)
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    step = (stat.st_size - SAMPLED_BLOCK_BYTES) / (SAMPLED_BLOCKS - 1)
+    with open(path, "rb") as fh:
+        for k in range(SAMPLED_BLOCKS):
+            fh.seek(int(k * step))
+            digest.update(fh.read(SAMPLED_BLOCK_BYTES))
+    return f"sampled:{digest.hexdigest()}"
+
+
 def prepared_path(recipe: Recipe, digest: str) -> Path:
     return cache_root(recipe.data.cache_dir) / "prepared" / digest[:16]
 
@@ -88,7 +132,8 @@ def data_hash(recipe: Recipe) -> str:
 
 
 def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDataset, bool]:
-    """Return the prepared dataset and whether it came from the cache."""
+    """Return the prepared dataset and whether it came from the cache. When every shard of
+    a sharded prepare (`--shard I/N`) is done, this merges them (`ftc train` after shards)."""
     inputs = hash_inputs(recipe)
     digest = content_hash(inputs)
     final = prepared_path(recipe, digest)
@@ -97,27 +142,286 @@ def prepare_dataset(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDat
     with entry_lock(final):  # a second process preparing the same entry waits here ...
         if not force and entry_ready(final, warn=False):  # ... then reuses what it built
             return open_prepared(final, digest), True
-        _build_entry(recipe, digest, inputs, final)
+        encoding = stream_encoding(recipe)
+        parts = complete_parts(staging_path(final)) if encoding else None
+        if parts is not None:
+            _build_entry(recipe, digest, inputs, final, merge=parts)
+        else:
+            _build_entry(recipe, digest, inputs, final)
     return open_prepared(final, digest), False
 
 
-def _build_entry(recipe: Recipe, digest: str, inputs: dict[str, Any], final: Path) -> None:
-    """Build the entry in a temp dir and publish it (the caller holds its entry lock)."""
-    started = time.time()
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+def stream_encoding(recipe: Recipe) -> StreamEncoding | None:
+    """How the recipe's task encodes a streamed corpus; None: its records are prepared as
+    one list (images, token classification, sentence pairs)."""
+    from fine_tune_cli.tasks import task_for
+
+    return task_for(recipe.model).stream_encoding(recipe)
+
+
+def staging_path(final: Path) -> Path:
+    """Where the plan and the shards of a sharded prepare live until the merge."""
+    return final.parent / f".staging-{final.name}"
+
+
+def prepare_shard(recipe: Recipe, shard: int, count: int, *, force: bool = False) -> dict[str, Any]:
+    """`ftc prepare --shard I/N`: the plan (read, steps, split, tokenizer) is built once,
+    by the first shard process to take the entry's lock, the others wait and reuse it;
+    then this shard tokenises its slice of every split into the staging dir."""
+    inputs = hash_inputs(recipe)
+    digest = content_hash(inputs)
+    final = prepared_path(recipe, digest)
+    encoding = stream_encoding(recipe)
+    if encoding is None:
+        raise RecipeError(
+            f"--shard: task {recipe.model.task} is prepared in one process; drop --shard"
+        )
+    staging = staging_path(final)
+    plan_dir = staging / "plan"
+    with entry_lock(final):
+        if not force and entry_ready(final):
+            return {"hash": digest, "path": str(final), "cache_hit": True, "shard": shard}
+        if not (plan_dir / PLAN).is_file():
+            _guarded(final, lambda tmp: _make_plan(recipe, encoding, tmp), plan_dir)
+    part = part_dirs(staging, count)[shard]
+    _guarded(
+        final,
+        lambda tmp: _encode_part(recipe, encoding, plan_dir, tmp, shard, count),
+        part,
+        publish_part,
+    )
+    done = sum((p / "DONE").is_file() for p in part_dirs(staging, count))
+    return {
+        "hash": digest,
+        "path": str(final),
+        "cache_hit": False,
+        "shard": shard,
+        "shards_done": done,
+        "shards": count,
+    }
+
+
+def merge_shards(recipe: Recipe, *, force: bool = False) -> tuple[PreparedDataset, bool]:
+    """`ftc prepare --merge`: every shard must be done; their parts become the entry."""
+    inputs = hash_inputs(recipe)
+    digest = content_hash(inputs)
+    final = prepared_path(recipe, digest)
+    with entry_lock(final):
+        if not force and entry_ready(final):
+            return open_prepared(final, digest), True
+        staging = staging_path(final)
+        parts = complete_parts(staging) if staging.is_dir() else None
+        if parts is None:
+            from fine_tune_cli.data.shards import missing_parts
+
+            shown = missing_parts(staging) if staging.is_dir() else "no shard has run"
+            raise DataError(
+                f"{final}: cannot merge: {shown}; run `ftc prepare RECIPE --shard I/N` for"
+                " every I first"
+            )
+        _build_entry(recipe, digest, inputs, final, merge=parts)
+    return open_prepared(final, digest), False
+
+
+def _guarded(final: Path, build: Any, target: Path, publish_to: Any = None) -> None:
+    """Build into a temp dir beside `target`, then rename it into place (a killed build
+    leaves only a temp dir, never a complete-looking one)."""
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        manifest = _build(recipe, digest, inputs, tmp)
-        manifest["seconds"] = round(time.time() - started, 2)
-        write_prepared_manifest(tmp, manifest)
-        publish(tmp, final)
+        build(tmp)
+        if publish_to is not None:
+            publish_to(tmp, target)
+        else:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"{final.parent}: cannot write prepared data ({exc.strerror})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _build_entry(
+    recipe: Recipe,
+    digest: str,
+    inputs: dict[str, Any],
+    final: Path,
+    merge: list[Path] | None = None,
+) -> None:
+    """Build the entry in a temp dir and publish it (the caller holds its entry lock).
+    `merge`: the finished shard parts to assemble instead of preparing from the source."""
+    started = time.time()
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    encoding = stream_encoding(recipe)
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        # We hold the entry's lock, so no live process is writing these: a killed builder's.
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if merge is not None:
+            manifest = _finish(recipe, digest, inputs, encoding, merge[0].parent.parent / "plan",
+                               merge, tmp)  # fmt: skip
+        elif encoding is not None:
+            manifest = _build_streamed(recipe, digest, inputs, encoding, tmp)
+        else:
+            manifest = _build(recipe, digest, inputs, tmp)
+        manifest["seconds"] = round(time.time() - started, 2)
+        write_prepared_manifest(tmp, manifest)
+        publish(tmp, final)
+        if merge is not None:
+            shutil.rmtree(merge[0].parent.parent, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{final.parent}: cannot write prepared data ({exc.strerror})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_streamed(
+    recipe: Recipe, digest: str, inputs: dict[str, Any], encoding: StreamEncoding, out: Path
+) -> dict[str, Any]:
+    """Plan, one part holding every example, finish: the unsharded streaming prepare."""
+    work = out / ".work"
+    _make_plan(recipe, encoding, work / "plan")
+    part = work / "parts-1" / "0"
+    _encode_part(recipe, encoding, work / "plan", part, 0, 1)
+    manifest = _finish(recipe, digest, inputs, encoding, work / "plan", [part], out)
+    shutil.rmtree(work)
+    return manifest
+
+
+def _progress(recipe: Recipe, name: str) -> Any:
+    from fine_tune_cli.console import Progress
+
+    return Progress(None, every=recipe.log.progress_every, unit="rows", name=name)
+
+
+def _make_plan(recipe: Recipe, encoding: StreamEncoding, folder: Path) -> None:
+    """Stage 1 (stream.build_plan), then the tokenizer on the train examples."""
+    from fine_tune_cli.data.stream import Plan, build_plan, require_separator
+
+    with _progress(recipe, "prepare: read") as progress:
+        build_plan(recipe, encoding, folder, progress)
+    plan = Plan(folder)
+    try:
+        texts = (t for chunk, _ in plan.examples(recipe, "train") for t in chunk)
+        tokenizer, info = _tokenizer_from_texts(recipe, texts, folder)
+    finally:
+        plan.close()
+    meta = plan.meta
+    meta["tokenizer"] = info
+    # What the encoders need, so shards read tokenizer.json alone (no transformers import).
+    meta["special_ids"] = {
+        name: getattr(tokenizer, f"{name}_token_id") for name in ("eos", "cls", "sep", "mask")
+    }
+    require_separator(meta["special_ids"], encoding)
+    write_json(folder / PLAN, meta)
+
+
+def _encode_part(
+    recipe: Recipe, encoding: StreamEncoding, plan_dir: Path, out: Path, shard: int, count: int
+) -> None:
+    """Stage 2: tokenise shard `shard` of `count` (a contiguous slice of every split's
+    example order) into part files, in data.num_workers processes."""
+    from fine_tune_cli.data.shards import PartWriter, Tokenise
+    from fine_tune_cli.data.stream import Plan, require_separator
+
+    plan = Plan(plan_dir)
+    sep = require_separator(plan.meta["special_ids"], encoding)
+    tok = Tokenise(plan_dir / "tokenizer", encoding, recipe.data.max_length, sep,
+                   recipe.data.num_workers)  # fmt: skip
+    reports: list[dict[str, Any]] = []
+    try:
+        with _progress(recipe, f"prepare: tokenise {shard + 1}/{count}") as progress:
+            for name in SPLITS:
+                n = len(plan.orders[name])
+                start, stop = shard * n // count, (shard + 1) * n // count
+                writer = PartWriter(out / name, encoding)
+                chunks = ((texts, (labels, texts)) for texts, labels in
+                          plan.examples(recipe, name, start, stop))  # fmt: skip
+                for (labels, texts), ids, lengths in tok.map(chunks):
+                    writer.write(ids, lengths, labels, texts)
+                    progress.advance(len(lengths), counts={"rows": len(lengths),
+                                                           "tokens": len(ids)})  # fmt: skip
+                writer.close()
+                reports += plan.augment_report
+    finally:
+        tok.close()
+        plan.close()
+    write_json(out / "report.json", reports)
+
+
+def _finish(
+    recipe: Recipe,
+    digest: str,
+    inputs: dict[str, Any],
+    encoding: StreamEncoding,
+    plan_dir: Path,
+    parts: list[Path],
+    out: Path,
+) -> dict[str, Any]:
+    """Stage 3: the parts of every shard, in order, become the prepared arrays."""
+    import json
+
+    from fine_tune_cli.data.shards import finish_examples, finish_packed
+
+    meta = json.loads((plan_dir / PLAN).read_text())
+    labels = meta["labels"]
+    shutil.copytree(plan_dir / "tokenizer", out / "tokenizer")
+    wrap = None
+    if encoding.wrap:
+        wrap = (meta["special_ids"]["cls"], meta["special_ids"]["sep"])
+    split_info = {}
+    for name in SPLITS:
+        folders = [p / name for p in parts]
+        if encoding.pack:
+            split_info[name] = finish_packed(out, name, folders, recipe.data.max_length, wrap)
+        else:
+            split_info[name] = finish_examples(out, name, folders, encoding, labels)
+    augment: dict[tuple[str, str], list[int]] = {}
+    for part in parts:  # per-shard augmentation counts, summed
+        for row in json.loads((part / "report.json").read_text()):
+            key = (row["step"], row.get("split", ""))
+            augment.setdefault(key, [0, 0])
+            augment[key][0] += row["in"]
+            augment[key][1] += row["out"]
+    report = meta["pipeline"] + [
+        {"step": step, "in": n_in, "out": n_out, "split": split}
+        for (step, split), (n_in, n_out) in augment.items()
+    ]
+    if recipe.data.augment and augment:
+        log.info(
+            "augmented train split: %d -> %d records",
+            len(np.load(plan_dir / "train.npy")),
+            sum(n_out for (step, _), (_, n_out) in augment.items() if step == report[-1]["step"]),
+        )
+    class_weights = None
+    if recipe.data.balance == "class_weight" and labels:
+        y = np.load(out / "train" / "labels.npy")
+        class_weights = _class_weights_of(y, labels)
+    data = recipe.data.model_dump(mode="json")
+    data.pop("num_workers", None)  # not part of what was prepared (any count: same bytes)
+    manifest = {
+        "hash": digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"path": recipe.data.source.path, "sha256": inputs["source_sha256"]},
+        "data": data,
+        "task": recipe.model.task,
+        "labels": labels,
+        "class_weights": class_weights,
+        "pipeline": report,
+        "tokenizer": meta["tokenizer"],
+        "splits": split_info,
+    }
+    if meta.get("leakage"):
+        manifest["leakage"] = meta["leakage"]
+    return manifest
 
 
 def load_records(recipe: Recipe) -> tuple[list[Record], list[dict[str, Any]]]:
@@ -200,6 +504,11 @@ def build_tokenizer(
 ) -> tuple[Any, dict[str, Any]]:
     """Load or train the recipe's tokenizer (on the train split) and save it in `out`;
     returns it with its manifest entry."""
+
+    return _tokenizer_from_texts(recipe, (r["text"] for r in splits["train"]), out)
+
+
+def _tokenizer_from_texts(recipe: Recipe, texts: Any, out: Path) -> tuple[Any, dict[str, Any]]:
     from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source, train_tokenizer
 
     kind, tok_dir = tokenizer_source(recipe)
@@ -209,11 +518,7 @@ def build_tokenizer(
     else:
         log.info("training a %s tokenizer (vocab %d) on the train split", kind, spec.vocab_size)
         tokenizer = train_tokenizer(
-            kind,
-            (r["text"] for r in splits["train"]),
-            spec.vocab_size,
-            spec.min_frequency,
-            spec.lowercase,
+            kind, texts, spec.vocab_size, spec.min_frequency, spec.lowercase
         )
     tokenizer.save_pretrained(str(out / "tokenizer"))
     info = {
@@ -251,28 +556,42 @@ def _stratify_labels(recipe: Recipe, records: list[Record]) -> list[Any] | None:
 
 def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Record]]:
     """Seeded train/validation/test split: stratified by label, or by whole groups."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    spec = recipe.data.split
     if records and "split" in records[0]:  # the source fixes the splits (split_folders)
         return _folder_splits(recipe, records)
-    n = len(records)
+    groups = None
+    if recipe.data.split.by_group:
+        groups = np.array([str(r.get("group")) for r in records])
+    stratify = _stratify_labels(recipe, records) or None
+    index = split_positions(recipe, len(records), stratify, groups)
+    return {name: [records[i] for i in sorted(index[name])] for name in SPLITS}
+
+
+def split_positions(
+    recipe: Recipe, n: int, stratify: Any, groups: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The split of n records as index arrays, from per-record values only: `stratify`
+    (labels, or codes numbered in the labels' sorted order: the same split) and `groups`
+    (names or codes in sorted order, with split.by_group). Prepare streams a corpus by
+    keeping just these arrays, never the records."""
+    spec = recipe.data.split
     index = np.arange(n)
     holdout = spec.validation + spec.test
     if holdout == 0:
-        return {"train": records, "validation": [], "test": []}
+        return {"train": index, "validation": index[:0], "test": index[:0]}
     if spec.by_group:
-        groups = np.array([str(r.get("group")) for r in records])
-        if len(set(groups)) < 3:
+        from sklearn.model_selection import GroupShuffleSplit
+
+        assert groups is not None
+        if len(np.unique(groups)) < 3:
             raise DataError(
                 f"{recipe.data.source.path}: split.by_group needs at least 3 distinct values"
                 f" in column '{recipe.data.source.group}'"
             )
         outer = GroupShuffleSplit(n_splits=1, test_size=holdout, random_state=spec.seed)
         train_idx, rest = next(outer.split(index, groups=groups))
-        if spec.test and spec.validation and len(set(groups[rest])) < 2:
+        if spec.test and spec.validation and len(np.unique(groups[rest])) < 2:
             raise DataError(
-                f"{recipe.data.source.path}: only {len(set(groups))} distinct"
+                f"{recipe.data.source.path}: only {len(np.unique(groups))} distinct"
                 f" '{recipe.data.source.group}' values: too few whole groups for validation and"
                 " test splits (use more data or set data.split.by_group=false)"
             )
@@ -285,21 +604,19 @@ def split_records(recipe: Recipe, records: list[Record]) -> dict[str, list[Recor
         else:
             val_idx, test_idx = (rest, rest[:0]) if spec.validation else (rest[:0], rest)
     else:
-        stratify = _stratify_labels(recipe, records) or None
+        if stratify is not None and not len(stratify):
+            stratify = None
         train_idx, rest = _split(index, holdout, stratify, spec.seed)
         if spec.test and spec.validation:
-            sub = [stratify[i] for i in rest] if stratify else None
+            sub = [stratify[i] for i in rest] if stratify is not None else None
+            if isinstance(stratify, np.ndarray):
+                sub = stratify[rest]
             val_idx, test_idx = _split(rest, spec.test / holdout, sub, spec.seed)
         else:
             val_idx, test_idx = (rest, rest[:0]) if spec.validation else (rest[:0], rest)
-    out = {
-        "train": [records[i] for i in sorted(train_idx)],
-        "validation": [records[i] for i in sorted(val_idx)],
-        "test": [records[i] for i in sorted(test_idx)],
-    }
-    if not out["train"]:
+    if not len(train_idx):
         raise DataError(f"{recipe.data.source.path}: too few records to split ({n})")
-    return out
+    return {"train": train_idx, "validation": val_idx, "test": test_idx}
 
 
 def _folder_splits(recipe: Recipe, records: list[Record]) -> dict[str, list[Record]]:
@@ -329,7 +646,7 @@ def _folder_splits(recipe: Recipe, records: list[Record]) -> dict[str, list[Reco
     return out
 
 
-def _split(index: np.ndarray, fraction: float, stratify: list | None, seed: int):
+def _split(index: np.ndarray, fraction: float, stratify: Any, seed: int):
     from sklearn.model_selection import train_test_split
 
     try:
@@ -366,9 +683,12 @@ def _balance(recipe: Recipe, train: list[Record], labels: list[str]) -> list[Rec
 
 def _class_weights(train: list[Record], labels: list[str]) -> list[float]:
     """Inverse-frequency weights (sklearn's 'balanced' formula)."""
+    return _class_weights_of(np.array([labels.index(r["label"]) for r in train]), labels)
+
+
+def _class_weights_of(y: np.ndarray, labels: list[str]) -> list[float]:
     from sklearn.utils.class_weight import compute_class_weight
 
-    y = np.array([labels.index(r["label"]) for r in train])
     present = np.unique(y)
     weights = np.ones(len(labels))
     weights[present] = compute_class_weight("balanced", classes=present, y=y)
