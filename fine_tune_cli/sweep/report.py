@@ -213,12 +213,15 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plots(rows: list[dict[str, Any]], metric: str, found: dict[str, float]) -> dict[str, bytes]:
+def plots(
+    rows: list[dict[str, Any]], metric: str, maximize: bool, found: dict[str, float]
+) -> dict[str, bytes]:
     """Metric per trial (complete and pruned, with the running best) and importances."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out: dict[str, bytes] = {}
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -228,6 +231,16 @@ def plots(rows: list[dict[str, Any]], metric: str, found: dict[str, float]) -> d
         )
         if pts:
             ax.scatter(*zip(*pts, strict=True), marker=marker, color=color, label=state)
+    done = sorted((r["trial"], r["value"]) for r in rows if r["state"] == "complete")
+    if done:  # the best complete value so far, as a step line
+        pick = max if maximize else min
+        best = [pick(v for _, v in done[: i + 1]) for i in range(len(done))]
+        xs = [n for n, _ in done]
+        last = max(r["trial"] for r in rows)
+        if last > xs[-1]:  # carry the line on to the last trial
+            xs, best = [*xs, last], [*best, best[-1]]
+        ax.step(xs, best, where="post", color="tab:gray", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"{metric} per trial (pruned: last reported value)")
@@ -263,7 +276,7 @@ def write_report(
         path = write_best_recipe(plan, best)
         outputs["best_recipe"] = str(path)
     found, why_not = result["importances"], result["importances_note"]
-    images = plots(rows, spec.metric, found)
+    images = plots(rows, spec.metric, spec.direction == "maximize", found)
     for name, data in images.items():
         write_text_atomic(plan.out / name, data)
         outputs[name.removesuffix(".png")] = str(plan.out / name)

@@ -146,3 +146,11 @@ def test_sweep_killed_and_resumed_finishes_without_redoing_trials(ftc, tmp_path:
     best = out / "best-recipe.yaml"
     assert yaml.safe_load(best.read_text())["name"] == "demo-best"
     assert ftc("recipes", "validate", best).code == 0
+
+
+def test_resume_is_a_flag_of_sweep_but_takes_a_value_in_train(ftc, tmp_path: Path) -> None:
+    """The "option given as another option's value" guard reads the named command's options."""
+    r = ftc("train", "demo", "--resume", "--json")
+    assert r.code == 2 and "option --resume needs a value" in r.json()["message"]
+    r = ftc("sweep", "demo", "no-such-space.yaml", "--resume", "--json")
+    assert r.code == 2 and "no-such-space.yaml: SPACE file not found" in r.json()["message"]
