@@ -41,6 +41,7 @@ COMMANDS = [
     ("verify",),
     ("export",),
     ("predict",),
+    ("sweep",),
     ("recipes", "list"),
     ("recipes", "show"),
     ("recipes", "validate"),
