@@ -140,10 +140,14 @@ class TextExplainer:
         order = {w: i for i, w in enumerate(sorted(spans))}
         for token, word in zip(tokens, view["word_ids"], strict=True):
             token["word"] = order.get(word) if word is not None else None
-        words = [
-            {"word": text[int(s) : int(e)], "start": int(s), "end": int(e), "score": round(v, 6)}
-            for s, e, v in (spans[w] for w in sorted(spans))
-        ]
+        words = []
+        for start, end, score in (spans[w] for w in sorted(spans)):
+            start, end = int(start), int(end)
+            while start < end and text[start].isspace():  # byte-level BPE: " word"
+                start += 1
+            words.append(
+                {"word": text[start:end], "start": start, "end": end, "score": round(score, 6)}
+            )
         shown = max((int(e) for _, e in offsets), default=0)
         return {
             "tokens": tokens,
