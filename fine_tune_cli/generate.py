@@ -65,7 +65,12 @@ def load_generator(path: str) -> tuple[Any, Any, Any, Path, Any]:
     root = resolve_model_dir(Path(path))
     manifest = verify_manifest(root)
     if "recipe" not in manifest:
-        raise RecipeError(f"{root}: manifest.json carries no recipe (not a model made by ftc)")
+        hint = (
+            "a checkpoint: use its run dir (best/) or an hf export of it"
+            if "step" in manifest
+            else "not a model made by ftc"
+        )
+        raise RecipeError(f"{root}: manifest.json carries no recipe ({hint})")
     recipe = validate_tree(manifest["recipe"], default_origin=str(root / "manifest.json"))
     set_progress_every(recipe.log.progress_every)
     task = task_for(recipe.model)
