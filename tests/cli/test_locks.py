@@ -136,9 +136,9 @@ def test_three_concurrent_trainings_share_one_cold_cache(tmp_path: Path) -> None
     """Three `ftc train` of one recipe in separate run dirs on a cold cache: the data is
     prepared once, and each run's metrics and weights equal a solo run's bit for bit.
 
-    The solo run comes after, on the same cache: a tokenizer trained twice from the same
-    text differs (huggingface/tokenizers#1794: hash-map order breaks count ties), so two
-    cold caches need not hold the same prepared data."""
+    The solo run comes after, on the same cache: this is about concurrent runs disturbing
+    each other (a half-built entry, a shared file), not about two cold caches building
+    byte-identical data (tokenizer training ties, huggingface/tokenizers#1794)."""
     args = ["demo", *TINY, "train.max_steps=4", "train.eval_every=4", "--json"]
     args += ["data.source.limit=200", "data.split.seed=5123"]
     cache = tmp_path / "cold"
