@@ -7,14 +7,14 @@ TORCH ?= torch==2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: install demo test test-slow fuzz bench lint format docs clean
+.PHONY: install demo test test-slow fuzz bench bench-prepare lint format docs clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet "$(TORCH)" || echo "note: $(TORCH) not available here; pip resolves torch from the index"
-	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench,tensorboard,mlflow,wandb,pretrained,explain,sweep]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,export,bench,tensorboard,mlflow,wandb,pretrained,explain,sweep,dedupe]"
 	touch $@
 
 demo: install
@@ -39,6 +39,12 @@ BENCH_STEPS ?= 300
 bench: install
 	$(PY) scripts/bench.py kjv --repeats $(BENCH_REPEATS) --steps $(BENCH_STEPS) \
 		--md-out docs/benchmarks.md --json-out docs/benchmarks-kjv.json
+
+# ftc prepare at scale: peak RSS and wall on generated ~100 MB and ~1 GB KJV corpora (gpt2-clm-kjv
+# and a classifier with dedupe), and tokens/s next to datasets.map(batched=True), 1 vs 2 workers
+PREPARE_SIZES_MB ?= 100 1000
+bench-prepare: install
+	$(PY) scripts/bench_prepare.py --sizes-mb $(PREPARE_SIZES_MB) --out docs/bench-prepare.json
 
 lint: install
 	$(VENV)/bin/ruff check .
