@@ -167,15 +167,19 @@ def write_failed(path: Path, exc: OSError) -> OutputError:
     return output_failure(exc, path) or OutputError(f"{path}: cannot write ({exc.strerror})")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file + rename so readers never see half a file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file via a temp file + rename so readers never see half of it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise write_failed(path, exc) from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -77,7 +77,11 @@ def save_model_dir(
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        # Ours, and any a killed writer left (`train` holds the run lock: none is live).
+        for stale in (*target.parent.glob(f".old-{target.name}-*"), old):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     except BaseException as exc:  # a full disk, a signal: never leave the temp dir behind
         shutil.rmtree(tmp, ignore_errors=True)
         failed = output_failure(exc, target, writing=True)

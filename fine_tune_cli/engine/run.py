@@ -21,6 +21,7 @@ from fine_tune_cli.runs import (
     read_recipe_lock,
     recipe_lock_text,
     write_json_atomic,
+    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -444,7 +445,7 @@ def run_training(loaded: LoadedRecipe, *, resume: str | None, overwrite: bool) -
         prepared, cached = _prepared_data(recipe, dist)
         weights, saved = _load_resume(resume_from, recipe, prepared, dist.world)
         if dist.is_main:
-            (run.path / RECIPE_LOCK).write_text(recipe_lock_text(recipe))
+            write_text_atomic(run.path / RECIPE_LOCK, recipe_lock_text(recipe))
             handler = add_log_file(run.path / "train.log")
             provenance = _start_provenance(
                 loaded, prepared, cached, device, dist.world, resume_from

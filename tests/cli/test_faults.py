@@ -187,6 +187,10 @@ def test_disk_full_while_saving_exits_8(
     first best/: exit 8 naming it; what was written before stays valid."""
     fail_safetensors_writes(monkeypatch, match, errno.ENOSPC)
     run = tmp_path / "run"
+    if where == "checkpoint":  # what a SIGKILLed best/ save leaves: the next one removes it
+        for stale in (".tmp-best-99999", ".old-best-99999"):
+            (run / stale).mkdir(parents=True)
+            (run / stale / "model.safetensors").write_bytes(b"half")
     result = ftc("train", "demo", *TINY, f"train.run_dir={run}", "--json")
     assert result.code == 8, result.err
     message = result.json()["message"]
