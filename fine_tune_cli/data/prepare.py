@@ -467,6 +467,11 @@ def _build(recipe: Recipe, digest: str, inputs: dict[str, Any], out: Path) -> di
     from fine_tune_cli.tasks import task_for
 
     task = task_for(recipe.model)
+    if recipe.data.leakage != "off":
+        raise RecipeError(
+            f"data.leakage: not available for {recipe.model.family} {recipe.model.task}"
+            " (text classification, clm and mlm recipes); set data.leakage=off"
+        )
     records, report = load_records(recipe)
     log.info("read %d records; pipeline: %s", len(records), _report_line(report))
     labels = task.label_names(recipe, records)

@@ -231,12 +231,12 @@ def _chunks(records: Iterator[Record], progress: Any) -> Iterator[list[Record]]:
         chunk.append(r)
         if len(chunk) == CHUNK:
             if progress is not None:
-                progress.update(0, counts={"rows": len(chunk)})
+                progress.advance(len(chunk), counts={"rows": len(chunk)})
             yield chunk
             chunk = []
     if chunk:
         if progress is not None:
-            progress.update(0, counts={"rows": len(chunk)})
+            progress.advance(len(chunk), counts={"rows": len(chunk)})
         yield chunk
 
 

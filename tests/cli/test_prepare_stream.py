@@ -323,3 +323,14 @@ def test_new_data_keys_leave_existing_hashes_alone(tmp_path: Path) -> None:
     assert data_hash(load_recipe(recipe, ["data.num_workers=4"]).recipe) == base
     assert data_hash(load_recipe(recipe, ["data.leakage=off"]).recipe) == base
     assert data_hash(load_recipe(recipe, ["data.leakage=report"]).recipe) != base
+
+
+def test_prepare_logs_rows_and_tokens_per_second_off_terminal(ftc, tmp_path: Path) -> None:
+    """Off a terminal, prepare writes periodic progress lines with rows/s (reading) and
+    tokens/s (tokenising) every log.progress_every seconds."""
+    recipe = lm_recipe(tmp_path / "r.yaml", lm_corpus(tmp_path / "c.txt", docs=3000))
+    res = ftc("prepare", recipe, "log.progress_every=0.001", "--force")
+    assert res.code == 0, res.err
+    lines = res.err.splitlines()
+    assert any("prepare: read" in line and "rows/s" in line for line in lines), res.err
+    assert any("prepare: tokenise 1/1" in line and "tokens/s" in line for line in lines), res.err
