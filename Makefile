@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0+cpu
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: install demo test test-slow fuzz bench bench-prepare lint format docs clean
+.PHONY: install demo test test-slow fuzz mutation soak bench bench-prepare lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,17 @@ test-slow: install
 # ~2,400 in-process CLI cases with fresh randomness (make test runs a fixed ~240)
 fuzz: install
 	FTC_FUZZ_SCALE=10 $(VENV)/bin/pytest -q tests/fuzz --hypothesis-show-statistics
+
+# One plausible bug at a time (batching, parity gate, trainer, checkpoint, manifest) in a
+# throwaway copy of HEAD; the guarding tests must fail for each. Not part of make test.
+mutation: install
+	$(PY) scripts/mutation.py
+
+# Train / SIGKILL at random moments / --resume auto, checked bitwise against an
+# uninterrupted run after every cycle (SOAK_MINUTES, default 30). Not part of make test.
+SOAK_MINUTES ?= 30
+soak: install
+	PY=$(PY) scripts/soak.sh $(SOAK_MINUTES)
 
 # ftc vs the stock and best-configured transformers Trainer and a bare loop, same
 # model/data/steps, on the KJV headline workload (docs/benchmarks.md; run on an idle machine)
