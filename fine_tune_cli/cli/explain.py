@@ -39,7 +39,13 @@ def explain(
         help="IG's starting point: the input with its content padded out (pad tokens; a"
         " black image) or an all-zero embedding.",
     ),
-    steps: int = typer.Option(50, "--steps", metavar="N", help="IG interpolation steps."),
+    steps: int = typer.Option(
+        50,
+        "--steps",
+        metavar="N",
+        help="IG interpolation steps; an input whose scores miss p(input) - p(baseline) by"
+        " over 5% is redone with 4x the steps, up to 16x.",
+    ),
     out: str = typer.Option(
         "explanations",
         "--out",
