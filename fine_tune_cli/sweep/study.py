@@ -405,7 +405,15 @@ def finish(study: optuna.Study, running: RunningTrial, spec: SpaceFile) -> tuple
         study.tell(trial, best)
         log.info("trial %d finished: %s %.4f", trial.number, spec.metric, best)
         return "complete", code
-    error = _trial_error(running) if code else f"no validation eval logged {spec.metric}"
+    if code:
+        error = _trial_error(running)
+    else:  # trained, but nothing to score it by: a recipe problem (exit 2)
+        code = 2
+        trial.set_user_attr("exit_code", code)
+        error = (
+            f"no validation eval logged {spec.metric}; a sweep needs a validation split"
+            " (data.split.validation > 0)"
+        )
     trial.set_user_attr("error", error)
     study.tell(trial, state=TrialState.FAIL)
     log.info("trial %d failed (exit %d): %s", trial.number, code, error)
