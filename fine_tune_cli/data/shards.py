@@ -219,9 +219,9 @@ def finish_packed(
     body = block - 2 if wrap else block
     n_blocks = total // body
     keep_tail = n_blocks == 0 and total > 0
-    lengths = [body] * n_blocks + ([total] if keep_tail else [])
-    used = sum(lengths)
-    width = np.asarray([n + (2 if wrap else 0) for n in lengths], dtype=np.int64)
+    used = total if keep_tail else n_blocks * body
+    width = np.full(1 if keep_tail else n_blocks, used if keep_tail else body, dtype=np.int64)
+    width += 2 if wrap else 0
     out_len = int(width.sum())
     with open(folder / "input_ids.npy", "wb") as fh:
         np.lib.format.write_array_header_1_0(

@@ -117,7 +117,7 @@ class SpoolReader:
             return []
         lo, hi = int(index.min()), int(index.max())
         start, end = int(self.offsets[lo]), int(self.offsets[hi + 1])
-        if end - start <= max(64 << 20, 4 * (self._span(index))):  # one read covers them
+        if end - start <= max(8 << 20, 4 * self._span(index)):  # one read covers them
             blob = os.pread(self._fd, end - start, start)
             return [
                 blob[self.offsets[i] - start : self.offsets[i + 1] - start].decode(
