@@ -93,6 +93,30 @@ def test_grad_accum_equals_one_bigger_batch(ftc) -> None:
     assert max(float((c[k] - b[k]).abs().max()) for k in b) > 1e-3
 
 
+def test_grad_accum_with_a_short_last_micro_batch_equals_one_bigger_batch(ftc) -> None:
+    """The tiny demo's 224 train rows at 6 x 2 end the epoch on micro-batches of 6 and 2
+    (12 x 1: one batch of 8). Each micro-batch's loss must be weighted by its share of the
+    step (6/8, 2/8), not averaged (1/2 each); with equal micro-batches both agree, so
+    only a short last one tells them apart (make mutation found that gap)."""
+
+    def train(name: str, batch: int, accum: int) -> dict[str, torch.Tensor]:
+        result = ftc(
+            "train", "demo", *BASE, "model.dropout=0", "optim.name=sgd", "optim.lr=0.5",
+            "train.max_steps=null", "train.epochs=1", "train.eval_every=epoch",
+            f"train.batch_size={batch}", f"train.grad_accum={accum}",
+            f"train.run_dir=runs/{name}", "--json",
+        )  # fmt: skip
+        assert result.code == 0, result.err
+        assert result.json()["steps"] == 19  # ceil(224 / 12)
+        return weights(Path("runs") / name, 19)
+
+    a, b = train("accum", 6, 2), train("big", 12, 1)
+    for key in b:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), (
+            f"{key}: max diff {(a[key] - b[key]).abs().max():.3g}"
+        )
+
+
 # --------------------------------------------------------------------------- precision
 def test_bf16_autocast_trains_end_to_end_on_cpu(ftc) -> None:
     short = ["train.max_steps=4", "train.eval_every=4"]
