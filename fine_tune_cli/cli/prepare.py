@@ -93,10 +93,13 @@ def prepare(
             if p["cache_hit"]:
                 print(f"cache hit: {p['outputs']['prepared']} is complete; nothing to do")
                 return
-            print(
-                f"shard {p['shard']} done ({p['shards_done']} of {p['shard'].split('/')[1]}"
-                " shards done); when all are, run `ftc prepare RECIPE --merge` (or train)"
+            total = int(p["shard"].split("/")[1])
+            then = (
+                "all done: run `ftc prepare RECIPE --merge` (or train)"
+                if p["shards_done"] == total
+                else "when all are, run `ftc prepare RECIPE --merge` (or train)"
             )
+            print(f"shard {p['shard']} done ({p['shards_done']} of {total} shards done); {then}")
             return
         state = "cache hit: reused" if p["cache_hit"] else "prepared"
         print(f"{state} {p['outputs']['prepared']}")
@@ -117,7 +120,7 @@ def prepare(
                 )
                 + f" (threshold {leak['threshold']}; {verb})"
             )
-        if not p["cache_hit"] and p.get("seconds"):
+        if not p["cache_hit"] and p.get("seconds") and not merge:
             tokens = sum(v or 0 for v in p["tokens"].values())
             rate = tokens / p["seconds"] if p["seconds"] else 0
             print(f"  {tokens:,} tokens in {p['seconds']:.1f} s ({rate:,.0f} tokens/s)")
