@@ -1,7 +1,8 @@
 """`make mutation`: a small mutation run over the modules that carry guarantees (batching,
 trainer, checkpoint, parity, manifest). Each mutation is one plausible bug, applied to a
 throwaway copy of the repository (never to your tree); the tests that guard that module run
-against the copy; a mutation is *killed* when they fail and *survives* when they pass.
+against the copy; a mutation is *killed* when they fail (or hang past --timeout) and
+*survives* when they pass.
 
     python scripts/mutation.py [--only NAME ...] [--worktree] [--keep]
 
@@ -153,7 +154,10 @@ def copy_repo(dest: Path, worktree: bool) -> None:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
-def pytest(copy: Path, args: tuple[str, ...], log: Path) -> tuple[int, float]:
+def pytest(
+    copy: Path, args: tuple[str, ...], log: Path, timeout: float
+) -> tuple[int | None, float]:
+    """pytest's exit code (None: still running after `timeout`) and the seconds it took."""
     env = os.environ | {
         "PYTHONPATH": str(copy),
         "OMP_NUM_THREADS": "1",
@@ -163,9 +167,13 @@ def pytest(copy: Path, args: tuple[str, ...], log: Path) -> tuple[int, float]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args]
     start = time.time()
     with open(log, "w") as fh:
-        done = subprocess.run(cmd, cwd=copy, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    code = done.returncode
-    return code, time.time() - start
+        try:
+            done = subprocess.run(
+                cmd, cwd=copy, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:  # e.g. a mutant that never ends an epoch
+            return None, time.time() - start
+    return done.returncode, time.time() - start
 
 
 def main() -> int:
@@ -173,6 +181,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run mutations whose name contains these")
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's copy")
     parser.add_argument("--keep", action="store_true", help="keep the temp copy and logs")
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="seconds per mutant (past it: a hang, killed)"
+    )
     opts = parser.parse_args()
     chosen = [m for m in MUTATIONS if not opts.only or any(o in m.name for o in opts.only)]
     work = Path(tempfile.mkdtemp(prefix="ftc-mutation-"))
@@ -189,7 +200,7 @@ def main() -> int:
     print(f"mutation: {len(chosen)} mutation(s) on a copy in {copy}", flush=True)
 
     files = sorted({a for m in chosen for a in m.tests if a.startswith("tests/")})
-    code, seconds = pytest(copy, tuple(files), work / "baseline.log")
+    code, seconds = pytest(copy, tuple(files), work / "baseline.log", 3600)
     if code != 0:
         print(f"mutation: the unmutated tests fail (see {work / 'baseline.log'})", file=sys.stderr)
         return 2
@@ -205,14 +216,14 @@ def main() -> int:
             continue
         target.write_text(original.replace(m.old, m.new))
         try:
-            code, seconds = pytest(copy, m.tests, work / f"mutant-{i:02d}.log")
+            code, seconds = pytest(copy, m.tests, work / f"mutant-{i:02d}.log", opts.timeout)
         finally:
             target.write_text(original)
-        verdict = "killed" if code != 0 else "SURVIVED"
+        verdict = "SURVIVED" if code == 0 else "killed" if code is not None else "hung"
         if code == 0:
             survivors.append(m.name)
         print(f"{verdict:9s} {m.name} ({seconds:.0f} s; {' '.join(m.tests)})", flush=True)
-    killed = len(chosen) - len(survivors) - len(stale)
+    killed = len(chosen) - len(survivors) - len(stale)  # a hang counts: the tests never pass
     print(f"mutation: {killed} killed, {len(survivors)} survived, {len(stale)} stale")
     for name in survivors:
         print(f"  survivor: {name}")
