@@ -130,7 +130,7 @@ MUTATIONS = [
         "fine_tune_cli/engine/checkpoint.py",
         "for old in complete_checkpoints(run_dir)[:-keep_last]:",
         "for old in complete_checkpoints(run_dir)[: -keep_last + 1 or None]:",
-        RESUME,
+        TRAINING,
     ),
     # manifest: the sha256 check
     Mutation(

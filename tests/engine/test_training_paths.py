@@ -201,6 +201,24 @@ def test_max_bad_steps_skips_one_nan_step_and_completes(
 
 
 # --------------------------------------------------------------------------- early stopping
+def test_a_tie_is_not_a_new_best_and_keep_last_keeps_that_many(ftc) -> None:
+    """At lr 1e-12 AdamW's updates are below float32 resolution: the weights, and so every
+    eval, stay bitwise the same. A tie is no improvement, so best/ stays the first eval's
+    (step 4); and keep_last 2 keeps exactly the newest two checkpoints (make mutation found
+    both unguarded)."""
+    result = ftc(
+        "train", "demo", *BASE, "optim.lr=1e-12", "train.eval_every=4",
+        "train.save_every=2", "train.keep_last=2", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    evals = [r for r in records(RUN) if r.get("split") == "validation"]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert len({r["eval_loss"] for r in evals}) == 1  # the premise: three equal evals
+    assert result.json()["best_step"] == 4
+    assert json.loads((RUN / "best" / "manifest.json").read_text())["step"] == 4
+    assert checkpoint_steps(RUN) == [10, 12]
+
+
 def test_early_stopping_stops_a_run_that_cannot_improve(ftc) -> None:
     result = ftc(
         "train",
