@@ -147,3 +147,17 @@ def test_the_first_step_after_a_new_length_uses_the_new_schedule():
     new.load_state_dict(old.state_dict())
     _recompute_lr(new)
     assert optimizer.param_groups[0]["lr"] == lr_factor(spec, 40)(10) == 0.75
+
+
+def test_a_run_stepped_with_foreach_resumes_from_a_recipe_that_says_fused(ftc):
+    """Runs made before optim.fused (their locks migrate to false) resume from the user's
+    own recipe, whose default is now true: the optimizer kernel may change on resume."""
+    r = ftc("train", "demo", *BASE, "train.max_steps=4", "optim.fused=false", "--json")
+    assert r.code == 0, r.err
+    r = ftc("train", "demo", *BASE, "train.max_steps=8", "--resume", "auto", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["steps"] == 8
+    log = Path("runs/demo/train.log").read_text()
+    assert "optim.fused (False -> True)" in log
+    provenance = json.loads(Path("runs/demo/provenance.json").read_text())
+    assert provenance["runtime"]["optimizer_impl"] == "fused"
