@@ -485,12 +485,6 @@ class LogSpec(Strict):
         description="Seconds between progress lines (step, loss, lr, samples/s, eta) when"
         " stderr is not a terminal (cron, CI); also at step 1. 0: none. A terminal gets a bar.",
     )
-    progress_every: float = Field(
-        30,
-        ge=0,
-        description="Seconds between progress lines (step, loss, lr, samples/s, eta) when"
-        " stderr is not a terminal (cron, CI); also at step 1. 0: none. A terminal gets a bar.",
-    )
     trackers: tuple[TrackerName, ...] | None = Field(
         None,
         description="Experiment trackers: tensorboard, mlflow, wandb (each needs its extra)."
