@@ -217,6 +217,7 @@ def test_recipes_list(ftc):
         "vit-digits",
         "vit-digits-from-mim",
         "vit-mim-digits",
+        "wordnet-supersense",
     ]
     assert listed == sorted(builtin_recipes())
     payload = run(ftc, "recipes", "list", "--json").json()
