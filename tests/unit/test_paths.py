@@ -24,9 +24,13 @@ def _touch(path: Path) -> Path:
 
 
 def _model(path: Path) -> Path:
-    """An HF model dir as ftc writes it (config, weights, manifest)."""
-    for name in (MODEL_CONFIG, "model.safetensors", MANIFEST):
+    """An HF model dir as ftc writes it (config, weights, a manifest that verifies:
+    init_from checks it before anything is loaded)."""
+    from fine_tune_cli.manifest import write_manifest
+
+    for name in (MODEL_CONFIG, "model.safetensors"):
         _touch(path / name)
+    write_manifest(path)
     return path
 
 
@@ -35,8 +39,8 @@ def _run_dir(root: Path, *, best: bool, steps: list[int], complete: list[int]) -
     if best:
         _model(root / BEST)
     for step in steps:
+        _touch(root / CHECKPOINTS / step_name(step) / RECIPE_LOCK)
         ckpt = _model(root / CHECKPOINTS / step_name(step))
-        _touch(ckpt / RECIPE_LOCK)
         if step in complete:
             _touch(ckpt / COMPLETE)
     return root
