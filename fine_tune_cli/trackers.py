@@ -197,7 +197,7 @@ class MLflow:
         # per call (a user's own settings win).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        from mlflow.tracking import MlflowClient
+        MlflowClient = require("mlflow.tracking", "log.trackers: [mlflow]").MlflowClient
 
         self.client = MlflowClient()
         if previous is not None:  # resume or eval: the same MLflow run
@@ -226,14 +226,14 @@ class MLflow:
         return created.info.run_id
 
     def _params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        Param = require("mlflow.entities", "log.trackers: [mlflow]").Param
 
         items = [Param(k, str(v)[: self.MAX_VALUE]) for k, v in params.items()]
         for i in range(0, len(items), self.MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + self.MAX_PARAMS])
 
     def log(self, step: int, points: Points, timestamp: float) -> None:
-        from mlflow.entities import Metric
+        Metric = require("mlflow.entities", "log.trackers: [mlflow]").Metric
 
         ms = int(timestamp * 1000)
         items = [Metric(k, v, ms, step) for k, v in points.items()]
@@ -280,7 +280,7 @@ class WandB:
         resume_step: int | None,
         attach: bool,
     ) -> dict[str, Any]:
-        import wandb
+        wandb = require("wandb", "log.trackers: [wandb]")
 
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or recipe.name,

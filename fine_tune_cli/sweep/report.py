@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fine_tune_cli.errors import OutputError
+from fine_tune_cli.optional import require
 from fine_tune_cli.runs import RECIPE_LOCK, read_recipe_lock
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def write_text_atomic(path: Path, text: str | bytes) -> None:
 def leaderboard(study: optuna.Study, direction: str) -> list[dict[str, Any]]:
     """One row per trial: complete ones best first, then pruned (by their last value),
     then failed, killed and running ones."""
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     from fine_tune_cli.sweep.study import superseded
 
@@ -117,7 +118,7 @@ def table_lines(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> lis
 
 def summary(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
     """Best trial, the recipe's own values (trial 0 or its rerun), and counts."""
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     counts = {
@@ -187,8 +188,8 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
     """Parameter importances (Optuna's default evaluator), or why there are none."""
     import warnings
 
-    import optuna
-    from optuna.trial import TrialState
+    optuna = require("optuna", "ftc sweep")
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fine_tune_cli.errors import ConflictError, FtcError, Interrupted, RecipeError
+from fine_tune_cli.optional import require
 from fine_tune_cli.runs import CHECKPOINTS, LOCK, METRICS, RunDir, read_json, write_json_atomic
 from fine_tune_cli.sweep.space import Space, SpaceFile, get_dotted
 
@@ -87,7 +88,7 @@ class RunningTrial:
 # --------------------------------------------------------------------------- the study
 def open_study(plan: SweepPlan) -> optuna.Study:
     """The study in SWEEP_DIR/study.db (created, or loaded to resume)."""
-    import optuna
+    optuna = require("optuna", "ftc sweep")
 
     spec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -102,7 +103,7 @@ def open_study(plan: SweepPlan) -> optuna.Study:
 
 
 def _sampler(spec: SpaceFile, trials: int, parallel: int) -> optuna.samplers.BaseSampler:
-    import optuna
+    optuna = require("optuna", "ftc sweep")
 
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -121,7 +122,7 @@ def _sampler(spec: SpaceFile, trials: int, parallel: int) -> optuna.samplers.Bas
 def _ask_tell_grid() -> type[optuna.samplers.GridSampler]:
     """GridSampler without its study.stop() (it raises outside study.optimize); the
     driver asks `is_exhausted` itself before each new trial."""
-    import optuna
+    optuna = require("optuna", "ftc sweep")
 
     class AskTellGridSampler(optuna.samplers.GridSampler):
         def after_trial(self, *args: Any, **kwargs: Any) -> None:
@@ -131,7 +132,7 @@ def _ask_tell_grid() -> type[optuna.samplers.GridSampler]:
 
 
 def _pruner(spec: SpaceFile) -> optuna.pruners.BasePruner:
-    import optuna
+    optuna = require("optuna", "ftc sweep")
 
     if spec.pruner.name == "none":
         return optuna.pruners.NopPruner()
@@ -172,7 +173,7 @@ def requeue_killed(study: optuna.Study) -> list[int]:
     """Trials a dead sweep left RUNNING: queue their parameters again, then mark them
     failed (in that order: a kill in between leaves nothing lost, and a second resume
     sees the queued rerun and does not queue it twice)."""
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     trials = study.get_trials(deepcopy=False)
     queued = {t.user_attrs.get("rerun_of") for t in trials}
@@ -385,7 +386,7 @@ def _json_line(path: Path) -> dict[str, Any]:
 def finish(study: optuna.Study, running: RunningTrial, spec: SpaceFile) -> tuple[str, int]:
     """Tell the study how the ended trial did; drop its checkpoints (best/ and metrics
     stay). Returns (state, exit code)."""
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     code = running.proc.wait()
     for fh in running.files:
@@ -444,8 +445,6 @@ class _Signals:
 
 def run_sweep(plan: SweepPlan) -> optuna.Study:
     """Run (or resume) the sweep until the budget, the timeout or the grid is spent."""
-    from fine_tune_cli.optional import require
-
     require("optuna", "ftc sweep")
     lock = RunDir(plan.out)
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -524,7 +523,7 @@ def _drive(
 
 
 def _grid_done(study: optuna.Study) -> bool:
-    from optuna.trial import TrialState
+    TrialState = require("optuna.trial", "ftc sweep").TrialState
 
     sampler = study.sampler
     if not hasattr(sampler, "is_exhausted"):
