@@ -55,6 +55,20 @@ def _impl_flags(params: list[dict[str, Any]], spec: OptimSpec) -> dict[str, Any]
     return {"foreach": True}
 
 
+KERNEL_FLAGS = ("fused", "foreach")
+
+
+def load_keeping_kernel(optimizer: torch.optim.Optimizer, load: Callable[[], None]) -> None:
+    """Run `load` (an optimizer state_dict load) but keep the kernel this process chose:
+    torch restores every param-group option, `fused`/`foreach` included, so a checkpoint
+    stepped fused in one process would otherwise ask for the fused kernel under FSDP
+    (DTensor params have none) and a foreach checkpoint would ignore optim.fused."""
+    chosen = [{k: group.get(k) for k in KERNEL_FLAGS} for group in optimizer.param_groups]
+    load()
+    for group, flags in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(flags)
+
+
 def _sgd(params, spec, flags):
     import torch
 

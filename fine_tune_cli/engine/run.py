@@ -362,7 +362,7 @@ def _train(
 ) -> TrainResult:
     """Model, optimizer, schedule, state (restored on resume), then the loop."""
     from fine_tune_cli.console import Progress, set_progress_every
-    from fine_tune_cli.engine.optim import Schedule, build_optimizer
+    from fine_tune_cli.engine.optim import Schedule, build_optimizer, load_keeping_kernel
     from fine_tune_cli.engine.runtime import runtime_switches, seed_everything, set_rng_state
     from fine_tune_cli.engine.trainer import TrainerState, Training, fit, total_steps
     from fine_tune_cli.models.registry import FAMILIES
@@ -379,7 +379,9 @@ def _train(
     schedule = Schedule(optimizer, recipe.schedule, steps)
     state = TrainerState()
     if saved is not None:
-        dist.load_optimizer_state(model, optimizer, saved["optimizer"])
+        load_keeping_kernel(
+            optimizer, lambda: dist.load_optimizer_state(model, optimizer, saved["optimizer"])
+        )
         schedule.load_state_dict(saved["schedule"])
         precision.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
