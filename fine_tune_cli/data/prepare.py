@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from fine_tune_cli.data.store import (
     write_prepared_manifest,
     write_split,
 )
-from fine_tune_cli.data.stream import PLAN, StreamEncoding, write_json
+from fine_tune_cli.data.stream import PLAN, StreamEncoding, balanced_positions, write_json
 from fine_tune_cli.errors import DataError, OutputError, RecipeError
 from fine_tune_cli.locks import entry_lock
 from fine_tune_cli.recipe import Recipe
@@ -665,25 +664,11 @@ def _split(index: np.ndarray, fraction: float, stratify: Any, seed: int):
 
 
 def _balance(recipe: Recipe, train: list[Record], labels: list[str]) -> list[Record]:
-    mode = recipe.data.balance
-    if mode in ("none", "class_weight") or not labels:
+    if not labels:
         return train
-    rng = random.Random(recipe.data.split.seed)
-    by_label: dict[str, list[Record]] = {}
-    for r in train:
-        by_label.setdefault(r["label"], []).append(r)
-    sizes = [len(v) for v in by_label.values()]
-    target = max(sizes) if mode == "oversample" else min(sizes)
-    out: list[Record] = []
-    for label in sorted(by_label):
-        rows = by_label[label]
-        if mode == "oversample":
-            out += rows + [rng.choice(rows) for _ in range(target - len(rows))]
-        else:
-            out += rng.sample(rows, target)
-    rng.shuffle(out)
-    log.info("balanced train split (%s): %d -> %d records", mode, len(train), len(out))
-    return out
+    keys = [r["label"] for r in train]
+    positions = balanced_positions(recipe.data.balance, keys, recipe.data.split.seed)
+    return train if positions is None else [train[i] for i in positions]
 
 
 def _class_weights(train: list[Record], labels: list[str]) -> list[float]:

@@ -275,30 +275,40 @@ def sorted_codes(codes: array, names: dict[Any, int], key: Any = None) -> tuple[
     ]
 
 
-def train_order(
-    recipe: Recipe, train: np.ndarray, label_of: np.ndarray, balanced: bool
-) -> np.ndarray:
-    """The train split's example order after data.balance (over record indices exactly as
-    over records: same seeded draws, same shuffle)."""
-    mode = recipe.data.balance
-    if mode in ("none", "class_weight") or not balanced:
-        return train
-    rng = random.Random(recipe.data.split.seed)
-    by_label: dict[int, list[int]] = {}
-    for i in train.tolist():
-        by_label.setdefault(int(label_of[i]), []).append(i)
-    sizes = [len(v) for v in by_label.values()]
+def balanced_positions(mode: str, keys: list[Any], seed: int) -> list[int] | None:
+    """Positions into the train split after data.balance (oversample / undersample by
+    key), or None when the mode keeps the split as it is. The streaming path passes label
+    codes, the in-memory path label names: the same seeded draws and shuffle either way."""
+    if mode in ("none", "class_weight"):
+        return None
+    rng = random.Random(seed)
+    by_key: dict[Any, list[int]] = {}
+    for position, key in enumerate(keys):
+        by_key.setdefault(key, []).append(position)
+    sizes = [len(v) for v in by_key.values()]
     target = max(sizes) if mode == "oversample" else min(sizes)
     out: list[int] = []
-    for label in sorted(by_label):
-        rows = by_label[label]
+    for key in sorted(by_key):
+        rows = by_key[key]
         if mode == "oversample":
             out += rows + [rng.choice(rows) for _ in range(target - len(rows))]
         else:
             out += rng.sample(rows, target)
     rng.shuffle(out)
-    log.info("balanced train split (%s): %d -> %d records", mode, len(train), len(out))
-    return np.asarray(out, dtype=np.int64)
+    log.info("balanced train split (%s): %d -> %d records", mode, len(keys), len(out))
+    return out
+
+
+def train_order(
+    recipe: Recipe, train: np.ndarray, label_of: np.ndarray, balanced: bool
+) -> np.ndarray:
+    """The train split's example order after data.balance (over record indices exactly as
+    over records: same seeded draws, same shuffle)."""
+    if not balanced:
+        return train
+    keys = [int(label_of[i]) for i in train.tolist()]
+    positions = balanced_positions(recipe.data.balance, keys, recipe.data.split.seed)
+    return train if positions is None else train[np.asarray(positions, dtype=np.int64)]
 
 
 def label_counts_check(recipe: Recipe, names: list[Any], counts: np.ndarray) -> list[str]:

@@ -156,7 +156,8 @@ def _package_path(name: str, inside: str, where: str, problems: list[str]) -> st
     return str(found) + inside
 
 
-def _get(tree: dict[str, Any], dotted: str) -> Any:
+def get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    """tree['a']['b'] for 'a.b'; None where a part is missing."""
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -165,7 +166,8 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree['a']['b'] = value for 'a.b', making the missing mappings."""
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
@@ -190,13 +192,13 @@ def _is_hub_id(key: str, value: Any, base: Path) -> bool:
 
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     for key in PATH_KEYS:
-        value = _get(tree, key)
+        value = get_dotted(tree, key)
         if _is_hub_id(key, value, base):
             continue  # kept as written: resolved from the Hub cache when used
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            _set(tree, key, str((base / value).resolve()))
+            set_dotted(tree, key, str((base / value).resolve()))
         elif isinstance(value, str) and value:
-            _set(tree, key, str(Path(value).expanduser()))
+            set_dotted(tree, key, str(Path(value).expanduser()))
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -299,9 +301,9 @@ def _raw_tree(path: Path, chain: list[Path]) -> dict[str, Any]:
     tree = _read_yaml(path)
     parent_ref = tree.pop("extends", None)
     for key in PATH_KEYS:
-        value = _get(tree, key)
+        value = get_dotted(tree, key)
         if isinstance(value, str) and value and not _is_hub_id(key, value, path.parent):
-            _set(tree, key, _absolute_as_written(value, path.parent))
+            set_dotted(tree, key, _absolute_as_written(value, path.parent))
     if parent_ref is None:
         return tree
     problems: list[str] = []
@@ -388,7 +390,7 @@ def load_recipe(
         is_path = key in PATH_KEYS and isinstance(value, str) and value
         if is_path and not _is_hub_id(key, value, Path.cwd()):
             value = str(Path(value).expanduser().resolve())
-        _set(tree, key, value)
+        set_dotted(tree, key, value)
         origins[key] = f"override '{text}'"
         if isinstance(value, dict):
             for leaf in _leaves(value, key + "."):

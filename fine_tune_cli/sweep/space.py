@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fine_tune_cli.errors import RecipeError
+from fine_tune_cli.recipe.load import set_dotted
 from fine_tune_cli.recipe.messages import describe_error, fields_at, models_in, untag
 from fine_tune_cli.recipe.schema import Recipe, Strict
 from fine_tune_cli.registry import did_you_mean
@@ -242,22 +243,3 @@ def space_problems(spec: SpaceFile, raw_recipe: dict[str, Any]) -> list[str]:
                 )
                 break
     return problems
-
-
-def get_dotted(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value

@@ -26,8 +26,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fine_tune_cli.errors import ConflictError, FtcError, Interrupted, RecipeError
 from fine_tune_cli.optional import require
+from fine_tune_cli.recipe.load import get_dotted
 from fine_tune_cli.runs import CHECKPOINTS, LOCK, METRICS, RunDir, read_json, write_json_atomic
-from fine_tune_cli.sweep.space import Space, SpaceFile, get_dotted
+from fine_tune_cli.sweep.space import Space, SpaceFile
 
 if TYPE_CHECKING:
     import optuna
