@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fine_tune_cli.data.prepare import SPLITS, build_tokenizer
+from fine_tune_cli.data.shards import finish_packed_split
 from fine_tune_cli.data.steps import Record
 from fine_tune_cli.errors import DataError, RecipeError
 from fine_tune_cli.recipe import Recipe
@@ -78,16 +79,7 @@ def write_packed(
     ids.flush()
     del ids, stream_arr
     raw_path.unlink()
-    offsets = np.zeros(len(width) + 1, dtype=np.int64)
-    np.cumsum(width, out=offsets[1:])
-    np.save(folder / "offsets.npy", offsets)
-    return {
-        "examples": len(width),
-        "tokens": out_len,
-        "corpus_tokens": total,
-        "dropped_tail_tokens": total - used,
-        "padding_tokens": 0,
-    }
+    return finish_packed_split(folder, width, out_len, total, used)
 
 
 def encode_clm(

@@ -228,6 +228,15 @@ def finish_packed(
             fh, {"descr": "<i4", "fortran_order": False, "shape": (out_len,)}
         )
         _write_blocks(fh, _stream(parts), used, body if not keep_tail else used, wrap)
+    return finish_packed_split(folder, width, out_len, total, used)
+
+
+def finish_packed_split(
+    folder: Path, width: np.ndarray, out_len: int, total: int, used: int
+) -> dict[str, Any]:
+    """offsets.npy of a packed split (block widths; input_ids.npy already written) and
+    its manifest counts: packed blocks never pad; the corpus tail that fills no block is
+    dropped."""
     offsets = np.zeros(len(width) + 1, dtype=np.int64)
     np.cumsum(width, out=offsets[1:])
     np.save(folder / "offsets.npy", offsets)
