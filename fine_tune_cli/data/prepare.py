@@ -254,14 +254,12 @@ def _build_entry(
     """Build the entry in a temp dir and publish it (the caller holds its entry lock).
     `merge`: the finished shard parts to assemble instead of preparing from the source."""
     started = time.time()
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     encoding = stream_encoding(recipe)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):
         # We hold the entry's lock, so no live process is writing these: a killed builder's.
         shutil.rmtree(stale, ignore_errors=True)
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def build(tmp: Path) -> None:
         if merge is not None:
             manifest = _finish(recipe, digest, inputs, encoding, merge[0].parent.parent / "plan",
                                merge, tmp)  # fmt: skip
@@ -271,15 +269,10 @@ def _build_entry(
             manifest = _build(recipe, digest, inputs, tmp)
         manifest["seconds"] = round(time.time() - started, 2)
         write_prepared_manifest(tmp, manifest)
-        publish(tmp, final)
-        if merge is not None:
-            shutil.rmtree(merge[0].parent.parent, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{final.parent}: cannot write prepared data ({exc.strerror})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _guarded(final, build, final, publish)
+    if merge is not None:
+        shutil.rmtree(merge[0].parent.parent, ignore_errors=True)
 
 
 def _build_streamed(
