@@ -71,19 +71,27 @@ def builtin_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"), key=lambda p: p.stem)}
 
 
-def resolve_recipe_path(ref: str) -> Path:
+def resolve_named_file(
+    ref: str, bundled: dict[str, Path], kind: str, named: str, listed: str
+) -> Path:
+    """A path, else a bundled file by short name (recipes, sweep spaces); a miss names
+    what was looked for and the closest bundled names. `kind`: "recipe"; `named`: "built-in
+    recipe"; `listed`: "built-ins"."""
     path = Path(ref)
     if path.is_file():
         return path
-    builtins = builtin_recipes()
-    if ref in builtins:
-        return builtins[ref]
+    if ref in bundled:
+        return bundled[ref]
     if path.suffix in (".yaml", ".yml") or "/" in ref:
-        raise RecipeError(f"{ref}: recipe file not found")
+        raise RecipeError(f"{ref}: {kind} file not found")
     raise RecipeError(
-        f"{ref}: no recipe file or built-in recipe of that name{did_you_mean(ref, builtins)}"
-        f" (built-ins: {', '.join(builtins)})"
+        f"{ref}: no {kind} file or {named} of that name{did_you_mean(ref, bundled)}"
+        f" ({listed}: {', '.join(bundled) or 'none'})"
     )
+
+
+def resolve_recipe_path(ref: str) -> Path:
+    return resolve_named_file(ref, builtin_recipes(), "recipe", "built-in recipe", "built-ins")
 
 
 # ${env:NAME}, ${env:NAME:-default} (the default may hold one nested ${...}),

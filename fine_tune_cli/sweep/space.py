@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fine_tune_cli.errors import RecipeError
-from fine_tune_cli.recipe.load import set_dotted
+from fine_tune_cli.recipe.load import resolve_named_file, set_dotted
 from fine_tune_cli.recipe.messages import describe_error, fields_at, models_in, untag
 from fine_tune_cli.recipe.schema import Recipe, Strict
 from fine_tune_cli.registry import did_you_mean
@@ -163,18 +163,8 @@ def resolve_space_path(ref: str) -> Path:
     """A path, else a bundled example space by short name (recipes/sweeps/NAME.yaml)."""
     from fine_tune_cli.recipe import RECIPES_DIR
 
-    path = Path(ref)
-    if path.is_file():
-        return path
     bundled = {p.stem: p for p in sorted((RECIPES_DIR / SPACES_DIR).glob("*.yaml"))}
-    if ref in bundled:
-        return bundled[ref]
-    if path.suffix in (".yaml", ".yml") or "/" in ref:
-        raise RecipeError(f"{ref}: SPACE file not found")
-    raise RecipeError(
-        f"{ref}: no SPACE file or bundled space of that name{did_you_mean(ref, bundled)}"
-        f" (bundled: {', '.join(bundled) or 'none'})"
-    )
+    return resolve_named_file(ref, bundled, "SPACE", "bundled space", "bundled")
 
 
 def load_space(ref: str, raw_recipe: dict[str, Any]) -> Space:
