@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fine_tune_cli.data.image_steps import apply_steps
+from fine_tune_cli.data.image_steps import apply_steps, apply_steps_batch
 from fine_tune_cli.data.steps import STEPS
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.errors import RecipeError
@@ -60,12 +60,9 @@ class ImageBatches:
         if not self.augmenting(split):
             return pixels
         seed = self.seed * 100_003 + int(self.epoch or 0)
-        return np.stack(
-            [
-                apply_steps(image.transpose(1, 2, 0), self.augment, seed, int(i)).transpose(2, 0, 1)
-                for image, i in zip(pixels, indices, strict=True)
-            ]
-        )
+        images = list(pixels.transpose(0, 2, 3, 1))  # (H, W, C) each, as the steps take them
+        done = apply_steps_batch(images, self.augment, seed, [int(i) for i in indices])
+        return np.stack(done).transpose(0, 3, 1, 2)
 
     def pixel_values(self, split: PreparedSplit, indices: np.ndarray) -> torch.Tensor:
         import torch

@@ -53,6 +53,7 @@ RESUME_FREE = {
     "train.compile",
     "train.attention",  # a kernel choice, like compile
     "train.prefetch",  # collation timing only: the batches are the same
+    "train.workers",
     # the optimizer kernel (fused/foreach: same update, different rounding), so a run made
     # before optim.fused existed (its lock migrates to false) resumes from its own recipe
     "optim.fused",

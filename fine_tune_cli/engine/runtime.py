@@ -139,6 +139,23 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def collate_workers(recipe: Any) -> int:
+    """train.workers resolved. auto: one process for per-batch augmentation (Python per
+    image, which holds the GIL a collating thread needs), where fork exists and there is a
+    spare core per training process to run it; else 0, the prefetch thread."""
+    import multiprocessing
+
+    from fine_tune_cli.tasks import task_for
+
+    wanted = recipe.train.workers
+    forks = "fork" in multiprocessing.get_all_start_methods()
+    if wanted == "auto":
+        busy = task_for(recipe.model).augments_batches and bool(recipe.data.augment)
+        cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return 1 if busy and forks and cores >= 2 else 0
+    return int(wanted) if forks else 0  # without fork (Windows, macOS): the thread
+
+
 def runtime_switches(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Any, device: torch.device
 ) -> dict[str, Any]:
@@ -158,6 +175,7 @@ def runtime_switches(
         "compile": recipe.train.compile,
         "compile_dynamic": recipe.train.compile and task_for(recipe.model).pads_batches,
         "precision": recipe.train.precision,
+        "collate_workers": collate_workers(recipe),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "peak_flops": peak_flops(device),
         "matmul_weights": shape.matmul_weights,

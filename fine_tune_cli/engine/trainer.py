@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from fine_tune_cli.data.batching import step_groups, train_order
-from fine_tune_cli.data.prefetch import Prefetcher
+from fine_tune_cli.data.prefetch import Feed
 from fine_tune_cli.data.store import PreparedSplit
 from fine_tune_cli.engine import checkpoint as ckpt
 from fine_tune_cli.engine.distributed import Dist
 from fine_tune_cli.engine.flops import ModelShape, batch_flops, model_shape, peak_flops
 from fine_tune_cli.engine.optim import Schedule
-from fine_tune_cli.engine.runtime import Precision, rng_state, to_device
+from fine_tune_cli.engine.runtime import Precision, collate_workers, rng_state, to_device
 from fine_tune_cli.errors import DivergedError, Interrupted, RecipeError
 from fine_tune_cli.evaluation.metrics import flat_metrics
 from fine_tune_cli.recipe import Recipe
@@ -306,6 +306,17 @@ def _checkpoint(t: Training, state: TrainerState, recipe_yaml: str) -> Path | No
     return path
 
 
+def _feed(t: Training) -> Feed[dict[str, torch.Tensor]]:
+    def build(epoch: int, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        t.task.set_epoch(epoch)  # a no-op in the main process; sets it in a worker
+        return t.task.collate(t.train, indices)
+
+    workers = collate_workers(t.recipe)
+    if workers != t.recipe.train.workers != "auto":
+        log.warning("train.workers needs fork, which this OS lacks: collating in a thread")
+    return Feed(build, t.recipe.train.prefetch, workers)
+
+
 def fit(t: Training, state: TrainerState) -> TrainResult:
     """Train from `state` to the recipe's last step (or early stop / a signal)."""
     spec = t.recipe.train
@@ -316,7 +327,7 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
     last_ckpt: Path | None = ckpt.latest_checkpoint(t.run.path)
     telemetry = Telemetry.of(t.model, t.device)
     t.model.train()
-    with StopFlag() as stop:
+    with StopFlag() as stop, _feed(t) as feed:
         while state.step < steps_total and not state.stopped_early:
             t.task.set_epoch(state.epoch)  # on-the-fly augmentation is seeded per epoch
             order = train_order(
@@ -328,59 +339,56 @@ def fit(t: Training, state: TrainerState) -> TrainResult:
                 spec.batch_size * t.dist.world,  # grouped per global batch; shard splits it
             )
             groups = step_groups(t.dist.shard(order), spec.batch_size, spec.grad_accum)
-            with Prefetcher(
-                groups[state.step_in_epoch :], lambda i: t.task.collate(t.train, i), spec.prefetch
-            ) as ahead:
-                for group, host_batches in ahead:
-                    t0 = time.perf_counter() - ahead.last_wait  # the step starts with the wait
-                    batches = [to_device(b, t.device) for b in host_batches]
-                    data_wait = time.perf_counter() - t0
-                    loss_value = _forward_backward(t, state, batches, faults)
-                    state.step += 1
-                    state.step_in_epoch += 1
-                    epoch_done = state.step_in_epoch == len(groups)
-                    grad_norm = _apply_update(t, state, loss_value, last_ckpt)
-                    if epoch_done:
-                        state.epoch += 1
-                        state.step_in_epoch = 0
-                    numbers = {
-                        "loss": loss_value,
-                        "grad_norm": grad_norm,
-                        "data_wait": data_wait,
-                        "step_time": time.perf_counter() - t0,
-                    }
-                    if state.step % t.recipe.log.every == 0 or state.step == 1:
-                        _log_step(t, state, group, batches, numbers, telemetry)
-                    t.progress.update(
-                        state.step,
-                        fields={
-                            "epoch": state.epoch + (1 if state.step_in_epoch else 0),
-                            "loss": f"{loss_value:.4f}",
-                            "lr": f"{t.schedule.last_lr():.1e}",
-                        },
-                        counts={"samples": sum(len(i) for i in group) * t.dist.world},
+            for group, host_batches in feed.epoch(state.epoch, groups[state.step_in_epoch :]):
+                t0 = time.perf_counter() - feed.last_wait  # the step starts with the wait
+                batches = [to_device(b, t.device) for b in host_batches]
+                data_wait = time.perf_counter() - t0
+                loss_value = _forward_backward(t, state, batches, faults)
+                state.step += 1
+                state.step_in_epoch += 1
+                epoch_done = state.step_in_epoch == len(groups)
+                grad_norm = _apply_update(t, state, loss_value, last_ckpt)
+                if epoch_done:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                numbers = {
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                    "data_wait": data_wait,
+                    "step_time": time.perf_counter() - t0,
+                }
+                if state.step % t.recipe.log.every == 0 or state.step == 1:
+                    _log_step(t, state, group, batches, numbers, telemetry)
+                t.progress.update(
+                    state.step,
+                    fields={
+                        "epoch": state.epoch + (1 if state.step_in_epoch else 0),
+                        "loss": f"{loss_value:.4f}",
+                        "lr": f"{t.schedule.last_lr():.1e}",
+                    },
+                    counts={"samples": sum(len(i) for i in group) * t.dist.world},
+                )
+                final = state.step >= steps_total
+                due_eval = (spec.eval_every == "epoch" and epoch_done) or (
+                    isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0
+                )
+                evaluated = False
+                if t.valid is not None and len(t.valid) and (due_eval or final):
+                    state.last_eval = _evaluate(t, state)
+                    evaluated = True
+                    _track_best(t, state, state.last_eval)
+                due_save = (spec.save_every and state.step % spec.save_every == 0) or (
+                    spec.save_every is None and evaluated
+                )
+                if due_save or final or state.stopped_early or stop.signum:
+                    last_ckpt = _checkpoint(t, state, recipe_yaml) or last_ckpt
+                    t.dist.barrier()
+                if stop.signum:
+                    raise Interrupted(
+                        f"interrupted at step {state.step}; checkpoint saved: {last_ckpt}"
+                        f" (continue with --resume auto)",
+                        stop.signum,
                     )
-                    final = state.step >= steps_total
-                    due_eval = (spec.eval_every == "epoch" and epoch_done) or (
-                        isinstance(spec.eval_every, int) and state.step % spec.eval_every == 0
-                    )
-                    evaluated = False
-                    if t.valid is not None and len(t.valid) and (due_eval or final):
-                        state.last_eval = _evaluate(t, state)
-                        evaluated = True
-                        _track_best(t, state, state.last_eval)
-                    due_save = (spec.save_every and state.step % spec.save_every == 0) or (
-                        spec.save_every is None and evaluated
-                    )
-                    if due_save or final or state.stopped_early or stop.signum:
-                        last_ckpt = _checkpoint(t, state, recipe_yaml) or last_ckpt
-                        t.dist.barrier()
-                    if stop.signum:
-                        raise Interrupted(
-                            f"interrupted at step {state.step}; checkpoint saved: {last_ckpt}"
-                            f" (continue with --resume auto)",
-                            stop.signum,
-                        )
-                    if final or state.stopped_early:
-                        break
+                if final or state.stopped_early:
+                    break
     return TrainResult(state=state, total_steps=steps_total, seconds=time.time() - started)

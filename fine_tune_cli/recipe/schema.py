@@ -382,6 +382,12 @@ class TrainSpec(Strict):
     prefetch: int = Field(
         1, ge=0, description="Steps collated ahead in a background thread; 0: inline."
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes that collate train batches ahead (prefetch steps each);"
+        " 0: the prefetch thread. auto: 1 for image tasks with data.augment (per-image"
+        " Python work a thread cannot overlap), else 0.",
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
     seed: int = Field(42, description="Seed for init, sampling and dropout.")
     eval_every: int | Literal["epoch"] = Field("epoch", description="Steps between evals.")
@@ -412,6 +418,13 @@ class TrainSpec(Strict):
     def _positive(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be a positive number of steps or 'epoch'")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 'auto' or a number of processes >= 0 (0: a thread)")
         return value
 
     @field_validator("device")

@@ -206,6 +206,7 @@ class TrainingTask(Protocol):
     not_exportable: str | None
     generates_samples: bool
     pads_batches: bool  # batches padded to their longest sample (train.batching applies)
+    augments_batches: bool  # data.augment runs in collate (train.workers auto counts on it)
 
     def set_epoch(self, epoch: int) -> None:
         """Called at each epoch start (on-the-fly augmentation is seeded per epoch)."""

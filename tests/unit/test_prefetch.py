@@ -1,15 +1,16 @@
-"""Background collation yields exactly what inline collation does, in order, and stops
-cleanly when the loop stops early."""
+"""Background collation (a thread, or worker processes) yields exactly what inline
+collation does, in order, and stops cleanly when the loop stops early."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from fine_tune_cli.data.prefetch import Prefetcher
+from fine_tune_cli.data.prefetch import Feed, Prefetcher
 
 
 def groups(n: int) -> list[list[np.ndarray]]:
@@ -50,3 +51,78 @@ def test_stopping_early_cancels_what_was_queued():
             if n == 1:
                 break
     assert len(built) <= 2 * 5  # at most the 2 + depth groups submitted so far, not 50
+
+
+# --------------------------------------------------------------------------- Feed
+def build(epoch: int, idx: np.ndarray) -> dict:
+    """A batch as tasks return them: tensors, a pure function of (epoch, indices)."""
+    import torch
+
+    return {"x": torch.from_numpy(idx * 10 + epoch), "pid": torch.tensor(os.getpid())}
+
+
+@pytest.mark.parametrize(("workers", "depth"), [(1, 1), (2, 3)])
+def test_worker_processes_feed_what_the_thread_feeds_across_epochs(workers: int, depth: int):
+    """Same batches in the same order, from other processes; an epoch the loop left early
+    (its last requests still out) does not leak into the next one."""
+
+    def epochs(feed: Feed) -> list:
+        seen = []
+        for epoch, stop_at in [(0, 3), (1, None), (2, 0)]:
+            for n, (group, batches) in enumerate(feed.epoch(epoch, groups(6))):
+                seen.append(([g.tolist() for g in group], [b["x"].tolist() for b in batches]))
+                pids = {int(b["pid"]) for b in batches}
+                if n == stop_at:
+                    break
+        return seen, pids
+
+    with Feed(build, 1, 0) as thread:
+        want, here = epochs(thread)
+    with Feed(build, depth, workers) as procs:
+        got, there = epochs(procs)
+    assert got == want
+    assert here == {os.getpid()} and os.getpid() not in there
+    assert len(want) == 4 + 6 + 1
+
+
+def failing(epoch: int, idx: np.ndarray) -> dict:
+    if int(idx[0]) >= 8:
+        raise ValueError(f"no batch for {idx.tolist()}")
+    return build(epoch, idx)
+
+
+def test_a_collation_error_in_a_worker_is_raised_in_the_loop():
+    with Feed(failing, 2, 1) as feed, pytest.raises(ValueError, match=r"no batch for \[8, 9\]"):
+        for _ in feed.epoch(0, groups(4)):
+            pass
+
+
+def dying(epoch: int, idx: np.ndarray) -> dict:
+    if int(idx[0]) >= 8:
+        os._exit(3)
+    return build(epoch, idx)
+
+
+def test_a_worker_that_dies_is_reported_not_waited_for():
+    from fine_tune_cli.data.prefetch import WorkerError
+
+    with Feed(dying, 1, 1) as feed, pytest.raises(WorkerError, match="exit code 3"):
+        for _ in feed.epoch(0, groups(4)):
+            pass
+
+
+def test_workers_leave_sigterm_to_the_loop_and_end_with_it():
+    """A SIGTERM to the whole process group (a batch system stopping the job) must not
+    kill the workers before the loop has saved its checkpoint; closing ends them."""
+    import signal
+
+    with Feed(build, 1, 2) as feed:
+        procs = list(feed._pool.procs)
+        items = feed.epoch(0, groups(6))
+        next(items)
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        assert all(proc.is_alive() for proc in procs)
+        assert len(list(items)) == 5
+    assert not any(proc.is_alive() for proc in procs)
