@@ -10,6 +10,7 @@ loop receives, and therefore exact resume, does not depend on prefetching.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -138,6 +139,9 @@ class Feed(Generic[B]):
         self.close()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class WorkerError(RuntimeError):
     """A collation worker process failed or died."""
 
@@ -160,7 +164,13 @@ class _Workers:
         for _ in range(size):
             mine, theirs = context.Pipe()
             proc = context.Process(target=_serve, args=(theirs, build), daemon=True)
-            proc.start()
+            # Forked with SIGINT/SIGTERM blocked, so one sent to the process group before
+            # the worker ignores them stays pending (and is then dropped), not fatal.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                proc.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             theirs.close()  # so a dead worker reads as EOF here
             self.conns.append(mine)
             self.procs.append(proc)
@@ -208,12 +218,12 @@ def _serve(conn: Any, build: Callable[[int, np.ndarray], Any]) -> None:
     step, saves a checkpoint and then ends the workers; one killed by the signal
     first would abort that."""
     import pickle
-    import signal
 
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     torch.set_num_threads(1)  # a forked OpenMP pool is not safe to use; one core's work
     while True:
         try:
