@@ -47,6 +47,17 @@ def _top(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: -item["score"])[:TOP]
 
 
+def _top_words(words: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The TOP highest-scoring distinct words (case folded), each at its best occurrence:
+    "debt, debt, Debt" would spend three of five places on one piece of evidence."""
+    best: dict[str, dict[str, Any]] = {}
+    for w in words:
+        key = w["word"].casefold()
+        if key not in best or w["score"] > best[key]["score"]:
+            best[key] = {"word": w["word"], "score": w["score"]}
+    return _top(list(best.values()))
+
+
 class TextExplainer:
     """Texts: the recipe's cleaning steps and the model's tokenizer, as `ftc predict`."""
 
@@ -152,7 +163,7 @@ class TextExplainer:
         return {
             "tokens": tokens,
             "words": words,
-            "top": [{"word": w["word"], "score": w["score"]} for w in _top(words)],
+            "top": _top_words(words),
             "truncated": bool(text[shown:].strip()),
         }
 

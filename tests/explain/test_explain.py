@@ -80,6 +80,13 @@ def test_text_outputs_json_and_completeness(
         assert row["prob"] == pytest.approx(max(row["probs"].values()), abs=1e-6)
         assert row["prob"] == pytest.approx(row["f_input"], abs=1e-5)  # F: target's prob
         assert entry["top"] == row["top"] and len(row["top"]) == 5
+        # top: the best-scoring distinct words, each at its best occurrence, best first
+        best: dict[str, float] = {}
+        for w in row["words"]:
+            best[w["word"].casefold()] = max(best.get(w["word"].casefold(), -1e9), w["score"])
+        assert [(t["word"].casefold(), t["score"]) for t in row["top"]] == sorted(
+            best.items(), key=lambda kv: -kv[1]
+        )[:5]
         assert "tokens" not in entry  # --json carries the summary; jsonl the detail
         # Each word is its span of the input, its score the sum of its sub-tokens'.
         assert " ".join(w["word"] for w in row["words"]).lower().replace(" ", "") == re.sub(
