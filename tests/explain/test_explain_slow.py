@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,11 @@ from tests.conftest import DEMO_DATA, cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 TRAIN_ROWS = 800  # demo rows the spam model trains on; the rest are the test emails
+# Other spam models on the same emails and protocol, for comparison (the README's figures):
+# FTC_TEST_SPAM_RECIPE=minilm-spam FTC_TEST_SPAM_OVERRIDES="train.epochs=3" (the demo
+# emails are passed as its data either way), or overrides such as "model.dropout=0.3".
+SPAM_RECIPE = os.environ.get("FTC_TEST_SPAM_RECIPE", "demo")
+SPAM_OVERRIDES = os.environ.get("FTC_TEST_SPAM_OVERRIDES", "").split()
 
 
 def indicator_words(run_dir: Path) -> set[str]:
@@ -60,9 +66,13 @@ def spam_explained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
     held = work / "held.jsonl"
     held.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows[TRAIN_ROWS:]))
     with cli_env(cache_dir, work):
-        trained = run_cli("train", "demo", f"data.source.limit={TRAIN_ROWS}", "--json")
+        run_dir = work / "runs" / "spam"
+        trained = run_cli(
+            "train", SPAM_RECIPE, f"data.source.path={DEMO_DATA}",
+            f"data.source.limit={TRAIN_ROWS}", f"train.run_dir={run_dir}", *SPAM_OVERRIDES,
+            "--json",
+        )  # fmt: skip
         assert trained.code == 0, trained.err
-        run_dir = work / "runs" / "demo"
         predicted = run_cli("predict", run_dir, held, "--out", "-")
         assert predicted.code == 0, predicted.err
         calls = [json.loads(line) for line in predicted.out.splitlines()]
@@ -95,11 +105,11 @@ def test_spam_ig_converges(spam_explained: dict) -> None:
 
 
 @pytest.mark.xfail(
-    strict=False,
-    reason="the demo model treats spam as its default: a blank (pad or zero) email already"
-    " scores p(spam) as high as the spam emails do, so IG from a blank finds next to"
-    " nothing that moves it (see the printed figures); many emails also hold no indicator"
-    " word in their first data.max_length=128 tokens",
+    strict=True,  # an XPASS fails: the day the target is met, this marker must go
+    reason="issue 16, open: the demo model's tanh pooler saturates, so a blank email scores"
+    " p(spam) as high as real spam and IG from it finds next to nothing (see the printed"
+    " figures and the README); only 11-18 of the 20 emails hold an indicator word in"
+    " their first data.max_length=128 tokens at all",
 )
 def test_spam_top_words_hold_spam_indicators(spam_explained: dict) -> None:
     assert sum(spam_explained["hits"]) >= 15
