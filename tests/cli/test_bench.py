@@ -1,6 +1,7 @@
 """`make bench` keeps working: the four arms (ftc, stock Trainer, best Trainer, bare loop)
 run on the same tiny setting and report every figure, as JSON and as a Markdown table
-between the markers of a docs page (the prose around it kept)."""
+between the markers of a docs page (the prose around it kept). Slow (40 s, four training
+processes): make test-slow runs it, keeping make test within its 10-minute budget."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_runs_the_four_arms_and_writes_the_table(tmp_path) -> None:
