@@ -133,6 +133,10 @@ def output_failure(
     return OutputError(f"{where}: cannot write ({os.strerror(code)}); {_WRITE_FAILURES[code]}")
 
 
+class WorkerError(FtcError):
+    """A batch collation worker process failed or died (exit 1: not the user's input)."""
+
+
 class DistributedError(FtcError):
     """A rank died or timed out."""
 

@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from fine_tune_cli.errors import WorkerError
+
 B = TypeVar("B")
 
 
@@ -140,10 +142,6 @@ class Feed(Generic[B]):
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-class WorkerError(RuntimeError):
-    """A collation worker process failed or died."""
 
 
 class _Workers:

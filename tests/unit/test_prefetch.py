@@ -104,7 +104,7 @@ def dying(epoch: int, idx: np.ndarray) -> dict:
 
 
 def test_a_worker_that_dies_is_reported_not_waited_for():
-    from fine_tune_cli.data.prefetch import WorkerError
+    from fine_tune_cli.errors import WorkerError
 
     with Feed(dying, 1, 1) as feed, pytest.raises(WorkerError, match="exit code 3"):
         for _ in feed.epoch(0, groups(4)):
