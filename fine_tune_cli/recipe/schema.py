@@ -420,10 +420,11 @@ class TrainSpec(Strict):
             raise ValueError("must be a positive number of steps or 'epoch'")
         return value
 
-    @field_validator("workers")
+    @field_validator("workers", mode="before")
     @classmethod
-    def _workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
+    def _workers(cls, value: Any) -> Any:
+        # one message for every wrong value (the union would give one per member)
+        if value != "auto" and (type(value) is not int or value < 0):
             raise ValueError("must be 'auto' or a number of processes >= 0 (0: a thread)")
         return value
 

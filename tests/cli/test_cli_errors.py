@@ -37,6 +37,8 @@ BAD_OVERRIDES = {
     "unknown key": ("optim.lrr=0.001", ["optim.lrr", "did you mean 'lr'"]),
     "wrong type": ("train.epochs=many", ["train.epochs", "many"]),
     "unknown family": ("model.family=bret", ["model.family", "did you mean 'bert'"]),
+    # an int-or-'auto' key: one message, not one per member of the union
+    "bad workers": ("train.workers=many", ["train.workers", "'auto' or a number of processes"]),
 }
 
 
