@@ -413,10 +413,10 @@ class TrainSpec(Strict):
     run_dir: str | None = Field(None, description="Default runs/<name>.")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
-    @field_validator("eval_every")
+    @field_validator("eval_every", mode="before")
     @classmethod
-    def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
+    def _positive(cls, value: Any) -> Any:
+        if value != "epoch" and (type(value) is not int or value < 1):
             raise ValueError("must be a positive number of steps or 'epoch'")
         return value
 

@@ -39,6 +39,7 @@ BAD_OVERRIDES = {
     "unknown family": ("model.family=bret", ["model.family", "did you mean 'bert'"]),
     # an int-or-'auto' key: one message, not one per member of the union
     "bad workers": ("train.workers=many", ["train.workers", "'auto' or a number of processes"]),
+    "bad eval_every": ("train.eval_every=foo", ["train.eval_every", "positive number of steps"]),
 }
 
 
