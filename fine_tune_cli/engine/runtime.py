@@ -141,9 +141,11 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def collate_workers(recipe: Any) -> int:
     """train.workers resolved. auto: one process for per-batch augmentation (Python per
-    image, which holds the GIL a collating thread needs), where fork exists and there is a
-    spare core per training process to run it; else 0, the prefetch thread."""
+    image, which holds the GIL a collating thread needs), on Linux (where forking a torch
+    process is safe) with a spare core per training process to run it; else 0, the
+    prefetch thread. An explicit number is honoured wherever fork exists."""
     import multiprocessing
+    import sys
 
     from fine_tune_cli.tasks import task_for
 
@@ -152,8 +154,8 @@ def collate_workers(recipe: Any) -> int:
     if wanted == "auto":
         busy = task_for(recipe.model).augments_batches and bool(recipe.data.augment)
         cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return 1 if busy and forks and cores >= 2 else 0
-    return int(wanted) if forks else 0  # without fork (Windows, macOS): the thread
+        return 1 if busy and sys.platform == "linux" and cores >= 2 else 0
+    return int(wanted) if forks else 0  # without fork (Windows): the thread
 
 
 def runtime_switches(

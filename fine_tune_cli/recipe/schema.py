@@ -386,7 +386,7 @@ class TrainSpec(Strict):
         "auto",
         description="Processes that collate train batches ahead (prefetch steps each);"
         " 0: the prefetch thread. auto: 1 for image tasks with data.augment (per-image"
-        " Python work a thread cannot overlap), else 0.",
+        " Python work a thread cannot overlap) on Linux with >= 2 cores per process, else 0.",
     )
     eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
     seed: int = Field(42, description="Seed for init, sampling and dropout.")

@@ -124,3 +124,28 @@ def test_workers_leave_sigterm_to_the_loop_and_end_with_it():
         assert all(proc.is_alive() for proc in procs)
         assert len(list(feed.epoch(0, groups(6)))) == 6
     assert not any(proc.is_alive() for proc in procs)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "cores", "ranks", "platform", "want"),
+    [
+        ("vit-digits", [], 2, "1", "linux", 1),  # per-batch augmentation: a process
+        ("vit-digits", ["data.augment=[]"], 2, "1", "linux", 0),  # nothing per image
+        ("demo", [], 16, "1", "linux", 0),  # text collation is cheap: the thread
+        ("vit-digits", [], 2, "2", "linux", 0),  # two ranks on two cores: no spare core
+        ("vit-digits", [], 8, "1", "darwin", 0),  # fork of a torch process unsafe there
+        ("demo", ["train.workers=3"], 2, "1", "linux", 3),  # asked for: honoured
+    ],
+)
+def test_train_workers_auto_resolves_by_task_cores_and_platform(
+    monkeypatch, recipe, overrides, cores, ranks, platform, want
+):
+    import sys
+
+    from fine_tune_cli.engine.runtime import collate_workers
+    from fine_tune_cli.recipe import load_recipe
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    monkeypatch.setattr(sys, "platform", platform)
+    assert collate_workers(load_recipe(recipe, overrides).recipe) == want
