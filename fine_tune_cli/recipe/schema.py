@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -369,6 +370,13 @@ class DistillSpec(Strict):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft-label (KL) loss.")
 
 
+# int | word keys of TrainSpec: (the word, the smallest count, the message otherwise)
+_COUNT_OR_WORD = {
+    "eval_every": ("epoch", 1, "must be a positive number of steps or 'epoch'"),
+    "workers": ("auto", 0, "must be 'auto' or a number of processes >= 0 (0: a thread)"),
+}
+
+
 class TrainSpec(Strict):
     epochs: int = Field(3, ge=1, description="Passes over the train split.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
@@ -413,19 +421,13 @@ class TrainSpec(Strict):
     run_dir: str | None = Field(None, description="Default runs/<name>.")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
-    @field_validator("eval_every", mode="before")
+    @field_validator("eval_every", "workers", mode="before")
     @classmethod
-    def _positive(cls, value: Any) -> Any:
-        if value != "epoch" and (type(value) is not int or value < 1):
-            raise ValueError("must be a positive number of steps or 'epoch'")
-        return value
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers(cls, value: Any) -> Any:
-        # one message for every wrong value (the union would give one per member)
-        if value != "auto" and (type(value) is not int or value < 0):
-            raise ValueError("must be 'auto' or a number of processes >= 0 (0: a thread)")
+    def _count_or_word(cls, value: Any, info: ValidationInfo) -> Any:
+        # one message for every wrong value (the int | word union gives one per member)
+        word, least, message = _COUNT_OR_WORD[info.field_name]
+        if value != word and (type(value) is not int or value < least):
+            raise ValueError(message)
         return value
 
     @field_validator("device")
