@@ -91,9 +91,14 @@ class Feed(Generic[B]):
     def __init__(self, build: Callable[[int, np.ndarray], B], depth: int, workers: int = 0):
         self.build = build
         self.depth = depth
-        self.last_wait = 0.0
+        self._waited = 0.0
         self._thread: Prefetcher[B] | None = None
         self._pool = _Workers(build, workers) if workers else None
+
+    @property
+    def last_wait(self) -> float:
+        """How long the last group took to arrive (the loop's data_wait starts with it)."""
+        return self._thread.last_wait if self._thread is not None else self._waited
 
     def epoch(
         self, epoch: int, groups: list[list[np.ndarray]]
@@ -103,13 +108,8 @@ class Feed(Generic[B]):
             if self._thread is not None:
                 self._thread.close()
             self._thread = Prefetcher(groups, lambda idx: self.build(epoch, idx), self.depth)
-            return self._from_thread(self._thread)
+            return iter(self._thread)
         return self._from_workers(epoch, groups)
-
-    def _from_thread(self, ahead: Prefetcher[B]) -> Iterator[tuple[list[np.ndarray], list[B]]]:
-        for item in ahead:
-            self.last_wait = ahead.last_wait
-            yield item
 
     def _from_workers(
         self, epoch: int, groups: list[list[np.ndarray]]
@@ -123,7 +123,7 @@ class Feed(Generic[B]):
         for n, group in enumerate(groups):
             t0 = time.perf_counter()
             batches = pool.take()
-            self.last_wait = time.perf_counter() - t0
+            self._waited = time.perf_counter() - t0
             if n + ahead < len(groups):
                 pool.submit(epoch, groups[n + ahead])
             yield group, batches

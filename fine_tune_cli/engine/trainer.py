@@ -312,7 +312,7 @@ def _feed(t: Training) -> Feed[dict[str, torch.Tensor]]:
         return t.task.collate(t.train, indices)
 
     workers = collate_workers(t.recipe)
-    if workers != t.recipe.train.workers != "auto":
+    if t.recipe.train.workers not in ("auto", workers):  # asked for processes, no fork
         log.warning("train.workers needs fork, which this OS lacks: collating in a thread")
     return Feed(build, t.recipe.train.prefetch, workers)
 
