@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fine_tune_cli.data.steps import Record, Step, StepContext, step
+from fine_tune_cli.data.steps import Record, Step, StepContext, run_pipeline, step
 
 if TYPE_CHECKING:
     import numpy as np
@@ -301,7 +301,5 @@ def apply_steps_batch(
     """Run image steps on a batch of (H, W, C) uint8 images together, each seeded by (seed,
     its index): the same images as one at a time, in fewer, larger operations."""
     records: list[Record] = [{"id": i, "image": im} for i, im in zip(indices, images, strict=True)]
-    ctx = StepContext(seed=seed)
-    for spec, params in steps:
-        records = spec.fn(records, params, ctx)
-    return [r["image"] for r in records]
+    done, _ = run_pipeline(records, steps, StepContext(seed=seed))
+    return [r["image"] for r in done]
