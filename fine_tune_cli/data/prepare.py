@@ -71,10 +71,21 @@ def text_hash_inputs(
     }
     if encoder_revision is not None:
         inputs["encoder_revision"] = encoder_revision
+    revised = step_revisions(recipe)
+    if revised:
+        inputs["step_revisions"] = revised
     hub_sha = snapshot_revision(tok_dir) if tok_dir else None
     if hub_sha:  # a Hub tokenizer: a new revision of the repo prepares again
         inputs["tokenizer_revision"] = hub_sha
     return inputs
+
+
+def step_revisions(recipe: Recipe) -> dict[str, int]:
+    """The recipe's text steps whose output changed since revision 1, by name."""
+    from fine_tune_cli.data.steps import STEPS
+
+    used = {spec.name for spec in (*recipe.data.steps, *recipe.data.augment)}
+    return {name: STEPS.get(name).revision for name in sorted(used) if STEPS.get(name).revision > 1}
 
 
 def hashed_data(recipe: Recipe) -> dict[str, Any]:

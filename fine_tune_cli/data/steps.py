@@ -56,19 +56,26 @@ class Step:
     # Exact-duplicate steps: the record's 64-bit key; streamed prepare resolves these
     # over the whole corpus on disk (keep the first record of each key).
     key: Callable[[Record, Any], int] | None = None
+    # Bumped when the step's output changes for the same input: it then enters the data
+    # hash of the recipes that use it (their stale prepared dirs are not reused; others keep
+    # their hash).
+    revision: int = 1
 
 
 STEPS: Registry[Step] = Registry("pipeline step")
 
 
 def step(
-    name: str, params: type[BaseModel] = NoParams, key: Callable[[Record, Any], int] | None = None
+    name: str,
+    params: type[BaseModel] = NoParams,
+    key: Callable[[Record, Any], int] | None = None,
+    revision: int = 1,
 ) -> Callable[[StepFn], StepFn]:
     """Register `fn(records, params, ctx) -> records` under `name`."""
 
     def decorate(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STEPS.add(name, Step(name=name, fn=fn, params=params, doc=doc, key=key))
+        STEPS.add(name, Step(name, fn, params, doc, key, revision))
         return fn
 
     return decorate
@@ -216,9 +223,14 @@ def _decode_subject(value: str) -> str:
 
 
 def _decode_part(part: email.message.Message) -> str:
+    raw = part.get_payload()
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if isinstance(raw, str) and encoding in ("", "7bit", "8bit", "binary"):
+        # Parsed from a str, a 7bit/8bit body is already text: the bytes round trip
+        # (get_payload(decode=True)) would write "á" as \xe1 and "€" as a literal "\u20ac".
+        return raw
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
-        raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
     charset = part.get_content_charset() or "utf-8"
     try:
@@ -253,7 +265,7 @@ def email_to_text(raw: str) -> str:
     return "\n\n".join(p for p in (subject, body) if p)
 
 
-@step("parse_email")
+@step("parse_email", revision=2)  # 2: 8bit bodies kept as written (no "\\u20ac")
 def parse_email(records: list[Record], params: NoParams, ctx: StepContext) -> list[Record]:
     """Turn a raw email into "subject + body" (plain text preferred, HTML converted)."""
     return _with_text(records, email_to_text)

@@ -335,3 +335,26 @@ def test_prepare_logs_rows_and_tokens_per_second_off_terminal(ftc, tmp_path: Pat
     lines = res.err.splitlines()
     assert any("prepare: read" in line and "rows/s" in line for line in lines), res.err
     assert any("prepare: tokenise 1/1" in line and "tokens/s" in line for line in lines), res.err
+
+
+def test_a_revised_step_enters_the_hash_of_the_recipes_using_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step whose output changed (revision > 1) re-prepares the recipes that use it and
+    leaves every other recipe's hash (cache entries, resumable checkpoints) alone."""
+    from dataclasses import replace
+
+    from fine_tune_cli.data import steps
+    from fine_tune_cli.data.prepare import data_hash, hash_inputs
+    from fine_tune_cli.recipe import load_recipe
+
+    recipe = lm_recipe(tmp_path / "r.yaml", lm_corpus(tmp_path / "c.txt", docs=20))
+    plain = load_recipe(recipe, ["data.steps=[dedupe]"]).recipe
+    cased = load_recipe(recipe).recipe  # lowercase, dedupe, filter_length
+    assert "step_revisions" not in hash_inputs(plain)
+    before = data_hash(plain), data_hash(cased)
+    bumped = replace(steps.STEPS.get("lowercase"), revision=2)
+    monkeypatch.setitem(steps.STEPS._items, "lowercase", bumped)
+    assert hash_inputs(cased)["step_revisions"] == {"lowercase": 2}
+    assert data_hash(plain) == before[0]
+    assert data_hash(cased) != before[1]

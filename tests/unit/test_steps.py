@@ -183,6 +183,20 @@ def test_parse_email_converts_html_parts_and_decodes_charset() -> None:
     assert text == "Huge savings!!!\n\nSave 70% Only € 9.99 & free shipping Buy now"
 
 
+def test_parse_email_keeps_non_ascii_8bit_bodies_as_written() -> None:
+    # A raw email read as text (a jsonl corpus) holds its 8bit body already decoded; the
+    # bytes round trip once turned "á" into U+FFFD and "€" into a literal "\u20ac".
+    eight_bit = (
+        "Subject: hi\nContent-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: 8bit\n\nPádraig paid €250 \ufffd\n"
+    )
+    no_charset = "Subject: hi\n\nP\ufffddraig wrote\n"
+    assert texts("parse_email", eight_bit, no_charset) == [
+        "hi\n\nPádraig paid €250 \ufffd",
+        "hi\n\nP\ufffddraig wrote",
+    ]
+
+
 def test_parse_email_never_raises_on_malformed_mail() -> None:
     bad_charset = (
         "Subject: =?x-made-up?q?hi?=\nContent-Type: text/plain; charset=unknown-8bit\n"
