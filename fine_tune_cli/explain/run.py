@@ -22,6 +22,9 @@ BASELINES = ("pad", "zeros")
 MAX_RELATIVE_DELTA = 0.05  # IG completeness: |delta| within 5% of the explained change
 REFINE = 16  # IG steps may grow to 16x --steps (4x at a time) to meet it
 NOISE = 1e-4  # |delta| in probability below which IG counts as converged anyway
+# p(input) - p(baseline) below this: the model gives the baseline (no content) about the
+# probability it gives the input, so IG's scores have next to nothing to explain.
+SMALL_CHANGE = 0.05
 JSONL = "explanations.jsonl"
 HTML = "explanations.html"
 
@@ -65,6 +68,7 @@ def run_explain(
     deltas = [r["relative_delta"] for r in rows if r.get("relative_delta") is not None]
     log.info("explained %d inputs with %s (%s)", len(rows), found.model_dir, ", ".join(facts))
     _warn_unconverged(rows, steps)
+    _warn_baseline_scores_alike(rows, baseline)
     return {
         "run_dir": str(found.run.path) if found.run else None,
         "model_dir": str(found.model_dir),
@@ -261,6 +265,32 @@ def _warn_unconverged(rows: list[dict[str, Any]], steps: int) -> None:
             steps * REFINE,
             worst["id"],
             100 * worst["relative_delta"],
+        )
+
+
+def _warn_baseline_scores_alike(rows: list[dict[str, Any]], baseline: str) -> None:
+    """IG splits p(input) - p(baseline) among the words or patches. A model that gives
+    the content-free baseline the same class at the same probability decides by default
+    (a detector of the other class), and the scores are then the noise of a ~0 change:
+    say so instead of letting a reader trust the top words."""
+    alike: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("f_baseline") is not None and r["f_input"] - r["f_baseline"] < SMALL_CHANGE:
+            alike.setdefault(r["target"], []).append(r["f_baseline"])
+    for target, at_baseline in alike.items():
+        log.warning(
+            "IG: for %d of %d input(s) the %s baseline (no content) gets p(%s) %.3f"
+            " (median), as much as the input or more (p(input) - p(baseline) < %.2f): the"
+            " model gives that class without the input's content, so the scores explain"
+            " next to nothing; check the model (does it need evidence for '%s'?) before"
+            " trusting the top words or patches",
+            len(at_baseline),
+            len(rows),
+            baseline,
+            target,
+            float(np.median(at_baseline)),
+            SMALL_CHANGE,
+            target,
         )
 
 

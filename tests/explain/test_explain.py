@@ -102,6 +102,9 @@ def test_text_outputs_json_and_completeness(
         change = row["f_input"] - row["f_baseline"]
         assert total - change == pytest.approx(row["convergence_delta"], abs=1e-4)
         assert abs(row["convergence_delta"]) <= 0.05 * abs(change) + 1e-6
+    # A model that gives the blank baseline the input's class as surely: said in one line.
+    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
+    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
     page = (out / "explanations.html").read_text()
     assert page.count('class="example"') == len(TEXTS)
     assert "background:rgba(" in page and "cruise" in page
@@ -242,6 +245,8 @@ def test_images_patch_grid_heat_map_and_rollout(
         blank = image.reshape(4, 2, 4, 2).max(axis=(1, 3)) == 0
         assert np.all(grid[blank] == 0)
         assert row["top"][0]["score"] == grid.max()
+    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
+    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
     page = (out / "explanations.html").read_text()
     assert page.count("data:image/png;base64,") == 2 * len(rows)
     result = explain(workdir, cache_dir, vit_run, folder / "0.png", "--method", "rollout",
@@ -249,3 +254,27 @@ def test_images_patch_grid_heat_map_and_rollout(
     assert result.code == 0, result.err
     (row,) = read_jsonl(out / "explanations.jsonl")
     assert np.array(row["grid"]).sum() <= 1.0 + 1e-6  # the class token keeps a share
+
+
+def test_the_baseline_warning_names_each_class_the_model_gives_by_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both sides of the line: rows whose baseline scores within 0.05 of the input (or
+    above it) are counted per explained class; a real change says nothing."""
+    from fine_tune_cli.explain.run import _warn_baseline_scores_alike
+
+    rows = [
+        {"target": "spam", "f_input": 0.98, "f_baseline": 0.97},
+        {"target": "spam", "f_input": 0.90, "f_baseline": 0.99},
+        {"target": "spam", "f_input": 0.95, "f_baseline": 0.10},
+        {"target": "ham", "f_input": 0.80, "f_baseline": 0.20},
+        {"target": "ham", "f_input": 0.70},  # rollout: no baseline
+    ]
+    with caplog.at_level("WARNING", logger="ftc"):
+        _warn_baseline_scores_alike(rows, "pad")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "for 2 of 5 input(s) the pad baseline (no content) gets p(spam) 0.980" in line
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ftc"):
+        _warn_baseline_scores_alike(rows[2:], "pad")
+    assert caplog.records == []
