@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +314,10 @@ def _make_plan(recipe: Recipe, encoding: StreamEncoding, folder: Path) -> None:
         build_plan(recipe, encoding, folder, progress)
     plan = Plan(folder)
     try:
-        texts = (t for chunk, _ in plan.examples(recipe, "train") for t in chunk)
+
+        def texts() -> Iterator[str]:
+            return (t for chunk, _ in plan.examples(recipe, "train") for t in chunk)
+
         tokenizer, info = _tokenizer_from_texts(recipe, texts, folder)
     finally:
         plan.close()
@@ -513,10 +517,12 @@ def build_tokenizer(
     """Load or train the recipe's tokenizer (on the train split) and save it in `out`;
     returns it with its manifest entry."""
 
-    return _tokenizer_from_texts(recipe, (r["text"] for r in splits["train"]), out)
+    return _tokenizer_from_texts(recipe, lambda: (r["text"] for r in splits["train"]), out)
 
 
-def _tokenizer_from_texts(recipe: Recipe, texts: Any, out: Path) -> tuple[Any, dict[str, Any]]:
+def _tokenizer_from_texts(
+    recipe: Recipe, texts: Callable[[], Iterable[str]], out: Path
+) -> tuple[Any, dict[str, Any]]:
     from fine_tune_cli.data.tokenizers import load_tokenizer, tokenizer_source, train_tokenizer
 
     kind, tok_dir = tokenizer_source(recipe)

@@ -6,7 +6,7 @@ loads it."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,25 +124,46 @@ def _byte_level_bpe_from_files(path: Path) -> PreTrainedTokenizerBase:
 
 
 def train_tokenizer(
-    kind: str, texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool
+    kind: str,
+    texts: Callable[[], Iterable[str]],
+    vocab_size: int,
+    min_frequency: int,
+    lowercase: bool,
 ) -> PreTrainedTokenizerBase:
+    """A tokenizer trained on `texts()` (called once per pass over the training texts).
+    The same texts give the same vocabulary and ids on every run and machine."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers import trainers as tk_trainers
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+
+        def wordpiece(vocab: int, specials: list[str]) -> Tokenizer:
+            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+            tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
+            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            tok.decoder = decoders.WordPiece()
+            trainer = tk_trainers.WordPieceTrainer(
+                vocab_size=vocab,
+                min_frequency=min_frequency,
+                special_tokens=specials,
+                show_progress=False,
+            )
+            tok.train_from_iterator(texts(), trainer=trainer)
+            return tok
+
+        # The trainer numbers the "##c" pieces in hash-map order, and merges of equal
+        # count are taken in id order: the same texts gave a different vocabulary on
+        # every run. A first pass (no merges) finds the pieces; the second gets them in
+        # sorted order, ahead of every merge, so the ties break the same way each time.
+        specials = list(BERT_SPECIALS.values())
+        pieces = sorted(t for t in wordpiece(1, specials).get_vocab() if t.startswith("##"))
+        trained = wordpiece(vocab_size, [*specials, *pieces]).get_vocab()
+        tok = Tokenizer(_canonical_wordpiece(trained))  # the pieces are not special here
         tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = tk_trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(BERT_SPECIALS.values()),
-            show_progress=False,
-        )
-        tok.train_from_iterator(texts, trainer=trainer)
-        tok.model = _canonical_wordpiece(tok.get_vocab())
+        tok.add_special_tokens(specials)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -161,7 +182,7 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.train_from_iterator(texts(), trainer=trainer)
         return PreTrainedTokenizerFast(
             tokenizer_object=tok,
             bos_token=GPT2_EOS,
@@ -173,11 +194,10 @@ def train_tokenizer(
 
 
 def _canonical_wordpiece(vocab: dict[str, int]) -> Any:
-    """The trained WordPiece vocabulary with deterministic ids: the trainer numbers its
-    tokens in hash-map order (the same set, permuted differently on every run), so two
-    prepares of the same data gave different token ids. Special tokens keep their ids;
-    every other token is numbered in sorted order. WordPiece matching does not depend on
-    the ids, only the numbering changes."""
+    """The trained WordPiece vocabulary numbered canonically: special tokens keep their
+    ids, every other token is numbered in sorted order (the trainer's own numbering
+    follows merge order and the pieces' first-pass order). WordPiece matching does not
+    depend on the ids."""
     from tokenizers import models
 
     specials = [t for t in BERT_SPECIALS.values() if t in vocab]

@@ -358,3 +358,23 @@ def test_a_revised_step_enters_the_hash_of_the_recipes_using_it(
     assert hash_inputs(cased)["step_revisions"] == {"lowercase": 2}
     assert data_hash(plain) == before[0]
     assert data_hash(cased) != before[1]
+
+
+def test_a_fresh_cache_prepares_the_same_tokenizer_and_token_ids(ftc, tmp_path: Path) -> None:
+    """`ftc prepare demo` (its own WordPiece) into three fresh caches: the same tokenizer
+    file and token ids each time. The WordPiece trainer breaks ties between merges of
+    equal count by ids it hands out in hash-map order, so before the pieces were given
+    sorted ids these differed from run to run (and machine to machine)."""
+    seen = set()
+    for i in range(3):
+        cache = tmp_path / f"cache{i}"
+        res = ftc("prepare", "demo", "data.source.limit=400", f"data.cache_dir={cache}", "--json")
+        assert res.code == 0, res.err
+        (folder,) = (cache / "prepared").iterdir()
+        seen.add(
+            (
+                hashlib.sha256((folder / "tokenizer" / "tokenizer.json").read_bytes()).hexdigest(),
+                hashlib.sha256((folder / "train" / "input_ids.npy").read_bytes()).hexdigest(),
+            )
+        )
+    assert len(seen) == 1

@@ -20,7 +20,8 @@ def tokenizer() -> Any:
     from fine_tune_cli.data.tokenizers import train_tokenizer
 
     # A small vocabulary, so many words split into several "##" pieces.
-    return train_tokenizer("wordpiece", email_bodies(300), 400, 2, True)
+    bodies = email_bodies(300)
+    return train_tokenizer("wordpiece", lambda: iter(bodies), 400, 2, True)
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_batch_without_a_masked_token_has_a_finite_loss() -> None:
     from fine_tune_cli.tasks.mlm_nsp import MaskedLMNextSentenceTask
 
     docs = email_line_groups(20)
-    tok = train_tokenizer("wordpiece", [s for d in docs for s in d], 300, 2, True)
+    tok = train_tokenizer("wordpiece", lambda: (s for d in docs for s in d), 300, 2, True)
     task = MaskedLMNextSentenceTask(tok, MLMSpec(), seed=0)
     config = BertConfig(
         vocab_size=len(tok),

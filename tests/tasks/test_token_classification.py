@@ -325,7 +325,7 @@ def test_labels_sit_on_the_first_sub_token_only():
     from fine_tune_cli.tasks.token_classification import encode_words
 
     texts = ["the photo of a plant", "synthesis of the photo"] * 20
-    tokenizer = train_tokenizer("wordpiece", texts, 80, 1, True)
+    tokenizer = train_tokenizer("wordpiece", lambda: iter(texts), 80, 1, True)
     ids, word_ids = encode_words(tokenizer, [["the", "photosynthesis", "plant"]], 32)
     pieces = tokenizer.convert_ids_to_tokens(ids[0])
     assert len([w for w in word_ids[0] if w == 1]) > 1, pieces  # split into several pieces
