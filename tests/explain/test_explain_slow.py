@@ -3,8 +3,10 @@
 Spam: the demo recipe trained on the first 800 bundled emails; the 20 first of the other
 200 that the model calls spam are explained with IG. A spam indicator is a word whose
 share of occurrences in spam emails of the training split is above 0.9 with at least 20
-occurrences, counted here from the prepared training texts. IG's convergence delta must
-be within 5% of p(input) - p(baseline).
+occurrences, counted here from the prepared training texts (augmented copies left out)
+with words as `ftc explain` reports them: the tokenizer's words, case folded (so a word
+means the same on both sides: "andrea_justice" is three, a CJK run one word per
+character). IG's convergence delta must be within 5% of p(input) - p(baseline).
 
 Digits: vit-digits trained on all but the last 50 of scikit-learn's digits, which are
 explained: the share of |attribution| on stroke pixels (non-zero), with each patch's
@@ -18,9 +20,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
+import shlex
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,24 +36,44 @@ pytestmark = pytest.mark.slow
 TRAIN_ROWS = 800  # demo rows the spam model trains on; the rest are the test emails
 # Other spam models on the same emails and protocol, for comparison (the README's figures):
 # FTC_TEST_SPAM_RECIPE=minilm-spam FTC_TEST_SPAM_OVERRIDES="train.epochs=3" (the demo
-# emails are passed as its data either way), or overrides such as "model.dropout=0.3".
+# emails are passed as its data either way), or overrides such as "model.dropout=0.3"
+# (shell-quoted: "'data.augment=[{augment_words: {p_delete: 0.5}}]'").
+# Short texts whose p(spam) shows whether spam words move the model at all.
+PROBES = ("hello", "click here for free credit", "I think the kernel patch was wrong")
 SPAM_RECIPE = os.environ.get("FTC_TEST_SPAM_RECIPE", "demo")
-SPAM_OVERRIDES = os.environ.get("FTC_TEST_SPAM_OVERRIDES", "").split()
+SPAM_OVERRIDES = shlex.split(os.environ.get("FTC_TEST_SPAM_OVERRIDES", ""))
+
+
+def words_of(tokenizer: Any, text: str) -> list[str]:
+    """The words of `text` as `ftc explain` reports them: the tokenizer's words (its
+    pre-tokenizer's split, sub-tokens merged), case folded."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans: dict[int, list[int]] = {}
+    for word, (start, end) in zip(enc.word_ids(), enc["offset_mapping"], strict=True):
+        if word is not None:
+            span = spans.setdefault(word, [start, end])
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+    return [text[a:b].strip().casefold() for a, b in spans.values()]
 
 
 def indicator_words(run_dir: Path) -> set[str]:
-    """Words (lower-cased \\w+ runs) with spam rate > 0.9 over >= 20 occurrences in the
-    training split the model was trained on."""
+    """Words with spam rate > 0.9 over >= 20 occurrences in the training emails the model
+    was trained on (augmented copies not counted)."""
+    from fine_tune_cli.data.prepare import prepare_dataset
     from fine_tune_cli.targets import prepared_for, resolve_target
 
-    prepared = prepared_for(resolve_target(run_dir))
+    target = resolve_target(run_dir)
+    prepared = tokenized = prepared_for(target)
+    if target.recipe.data.augment:  # the same split (drawn before augmentation), no copies
+        data = target.recipe.data.model_copy(update={"augment": ()})
+        prepared = prepare_dataset(target.recipe.model_copy(update={"data": data}))[0]
     train = prepared.splits["train"]
     texts = train.texts(prepared.path)
     assert len(texts) == len(train)
     spam_id = prepared.label_names.index("spam")
     seen, in_spam = Counter(), Counter()
     for text, label in zip(texts, train.labels, strict=True):
-        for word in re.findall(r"\w+", text.lower()):
+        for word in words_of(tokenized.tokenizer, text):
             seen[word] += 1
             in_spam[word] += int(label == spam_id)
     return {w for w, n in seen.items() if n >= 20 and in_spam[w] / n > 0.9}
@@ -84,10 +107,14 @@ def spam_explained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
         result = run_cli("explain", run_dir, emails, "--out", work / "why", "--json")
         assert result.code == 0, result.err
         indicators = indicator_words(run_dir)
+        probes = work / "probes.jsonl"  # does the model need spam evidence to say spam?
+        probes.write_text("".join(json.dumps({"text": t}) + "\n" for t in PROBES))
+        probed = run_cli("predict", run_dir, probes, "--out", "-")
+        assert probed.code == 0, probed.err
     explained = result.json()["explanations"]
     words = [json.loads(line)["words"] for line in (work / "why" / "explanations.jsonl").open()]
-    seen = [bool({w["word"].lower() for w in ws} & indicators) for ws in words]
-    hits = [bool({t["word"].lower() for t in e["top"]} & indicators) for e in explained]
+    seen = [bool({w["word"].casefold() for w in ws} & indicators) for ws in words]
+    hits = [bool({t["word"].casefold() for t in e["top"]} & indicators) for e in explained]
     deltas = [e["relative_delta"] for e in explained]
     print(
         f"\nspam: validation f1_macro {trained.json()['metrics']['f1_macro']:.3f};"
@@ -95,7 +122,11 @@ def spam_explained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
         f" emails; top-5 hits {sum(hits)}/20; relative IG delta max {max(deltas):.4f},"
         f" median {np.median(deltas):.4f}; p(spam) input median"
         f" {np.median([e['f_input'] for e in explained]):.3f}, baseline median"
-        f" {np.median([e['f_baseline'] for e in explained]):.3f}"
+        f" {np.median([e['f_baseline'] for e in explained]):.3f}; p(spam) of "
+        + ", ".join(
+            f"{text!r} {json.loads(line)['probs']['spam']:.3f}"
+            for text, line in zip(PROBES, probed.out.splitlines(), strict=True)
+        )
     )
     return {"hits": hits, "deltas": deltas}
 
@@ -106,10 +137,10 @@ def test_spam_ig_converges(spam_explained: dict) -> None:
 
 @pytest.mark.xfail(
     strict=True,  # an XPASS fails: the day the target is met, this marker must go
-    reason="issue 16, open: the demo model scores a blank email p(spam) as high as real"
-    " spam, so IG from it finds next to nothing (see the printed figures and the README);"
-    " only 14-16 of the 20 emails hold an indicator word in their first"
-    " data.max_length=128 tokens at all",
+    reason="issue 16, open: the demo model detects ham, not spam ('hello' and 'click here"
+    " for free credit' get the same p(spam), a blank email as much as real spam), so no"
+    " faithful attribution ranks spam words first (printed figures, README); only 13 of"
+    " the 20 emails hold an indicator word in their first data.max_length=128 tokens",
 )
 def test_spam_top_words_hold_spam_indicators(spam_explained: dict) -> None:
     assert sum(spam_explained["hits"]) >= 15
@@ -144,6 +175,8 @@ def test_vit_digits_attribution_sits_on_strokes(tmp_path: Path, cache_dir: Path)
     ratio = float(np.mean(shares) / np.mean(covers))
     per_image = np.divide(shares, covers)
     deltas = [row["relative_delta"] for row in rows]
+    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
+    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
     print(
         f"\ndigits: test accuracy {trained.json()['metrics'].get('accuracy'):.3f}; explained"
         f" 50, {correct} predicted right; |attribution| on strokes {np.mean(shares):.3f} vs"
