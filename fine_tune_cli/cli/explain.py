@@ -86,7 +86,10 @@ def explain(
             top = ", ".join(
                 f"{t.get('word', t.get('patch'))} {t['score']:+.3f}" for t in row["top"]
             )
-            print(f"{row['id']}: {row['label']} ({row['prob']:.3f}); {row['target']} <- {top}")
+            print(
+                f"{row['id']}: {row['label']} ({row['prob']:.3f}); {row['target']} <- {top};"
+                f" without them p {row['target_prob_without_top']:.3f}"
+            )
         print(f"wrote {p['outputs']['jsonl']} and {p['outputs']['html']}")
 
     run_command("explain", json_mode, body, human)

@@ -63,6 +63,11 @@ def example_head(row: dict[str, Any]) -> str:
             f" IG convergence delta {row['convergence_delta']:.2g}"
             f" ({100 * row['relative_delta']:.1f}%)"
         )
+    if "target_prob_without_top" in row:
+        parts.append(
+            f"p({html.escape(row['target'])}) without its top {len(row['top'])}:"
+            f" {row['target_prob_without_top']:.3f}"
+        )
     if row.get("filtered"):
         parts.append(f"<i>the training pipeline would drop it ({html.escape(row['filtered'])})</i>")
     return '<div class="head">' + " &middot; ".join(parts) + "</div>"

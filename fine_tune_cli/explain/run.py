@@ -122,9 +122,25 @@ def explain_example(
         **att.summary(),
         **explainer.describe(example, scores),
     }
+    row["target_prob_without_top"] = _prob_without_top(model, explainer, example, row, target)
     if example.view.get("filtered"):
         row["filtered"] = example.view["filtered"]
     return row
+
+
+def _prob_without_top(
+    model: Any, explainer: Any, example: Any, row: dict[str, Any], target: int
+) -> float:
+    """p(target) once the top words / patches are blanked as the baseline blanks them: a
+    check of the explanation against the model (ERASER's comprehensiveness). Evidence that
+    mattered leaves a drop; a model that decides without it leaves the figure where it was."""
+    import torch
+
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in explainer.without_top(example, row).items()}
+    with torch.no_grad():
+        probs = torch.softmax(model(**inputs).logits[0].float(), dim=-1)
+    return round(float(probs[target]), 6)
 
 
 def _converged_ig(
@@ -296,7 +312,8 @@ def _warn_baseline_scores_alike(rows: list[dict[str, Any]], baseline: str) -> No
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """The --json entry of one input: the jsonl row without per-token/per-patch detail."""
-    keep = ("id", "label", "prob", "target", "target_prob", "top", "filtered", "true", "steps")
+    keep = ("id", "label", "prob", "target", "target_prob", "target_prob_without_top", "top")
+    keep += ("filtered", "true", "steps")
     keep += ("f_input", "f_baseline", "convergence_delta", "relative_delta", "truncated")
     return {k: row[k] for k in keep if k in row}
 

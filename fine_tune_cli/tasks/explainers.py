@@ -167,6 +167,18 @@ class TextExplainer:
             "truncated": bool(text[shown:].strip()),
         }
 
+    def without_top(self, example: Example, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The input with every occurrence of its top words blanked as the pad baseline
+        blanks content (their tokens -> the pad token)."""
+        import torch
+
+        top = {t["word"].casefold() for t in row["top"]}
+        words = [w["word"].casefold() for w in row["words"]]
+        hit = [t["word"] is not None and words[t["word"]] in top for t in row["tokens"]]
+        ids = example.inputs["input_ids"]
+        blanked = torch.where(torch.tensor([hit]), example.blank["input_ids"], ids)
+        return {**example.inputs, "input_ids": blanked}
+
     def body(self, example: Example, row: dict[str, Any]) -> str:
         """The text with every word shaded by its score (its score on hover)."""
         from fine_tune_cli.explain.page import example_head, shade
@@ -248,6 +260,16 @@ class ImageExplainer:
             "grid": [[round(float(v), 6) for v in row] for row in grid],
             "top": _top(patches),
         }
+
+    def without_top(self, example: Example, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The image with its top patches set to the baseline's (black) pixels."""
+        pixels = example.inputs["pixel_values"].clone()
+        side = row["patch_size"]
+        for t in row["top"]:
+            r, c = t["patch"]
+            box = (..., slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side))
+            pixels[box] = example.blank["pixel_values"][box]
+        return {"pixel_values": pixels}
 
     def body(self, example: Example, row: dict[str, Any]) -> str:
         """The image and the same image under its patch heat map, enlarged."""

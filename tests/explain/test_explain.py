@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import TINY, cli_env, run_cli
@@ -105,7 +106,27 @@ def test_text_outputs_json_and_completeness(
     # A model that gives the blank baseline the input's class as surely: said in one line.
     alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
     assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
+    # Without its top words (each occurrence's tokens -> [PAD], as the baseline blanks
+    # content), transformers' own model on best/ gives p(target) = target_prob_without_top.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = AutoModelForSequenceClassification.from_pretrained(spam_run / "best").eval()
+    tok = AutoTokenizer.from_pretrained(spam_run / "best")
+    for row, entry in zip(rows, payload["explanations"], strict=True):
+        top = {t["word"].casefold() for t in row["top"]}
+        ids = [
+            tok.pad_token_id
+            if t["word"] is not None and row["words"][t["word"]]["word"].casefold() in top
+            else tok.convert_tokens_to_ids(t["token"])
+            for t in row["tokens"]
+        ]
+        with torch.no_grad():
+            logits = hf(input_ids=torch.tensor([ids])).logits[0]
+        p = float(torch.softmax(logits, dim=-1)[hf.config.label2id[row["target"]]])
+        assert row["target_prob_without_top"] == pytest.approx(p, abs=1e-5)
+        assert entry["target_prob_without_top"] == row["target_prob_without_top"]
     page = (out / "explanations.html").read_text()
+    assert page.count(" without its top 5: ") == len(TEXTS)
     assert page.count('class="example"') == len(TEXTS)
     assert "background:rgba(" in page and "cruise" in page
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # self-contained
@@ -247,8 +268,10 @@ def test_images_patch_grid_heat_map_and_rollout(
         assert row["top"][0]["score"] == grid.max()
     alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
     assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
+    assert all(0 <= r["target_prob_without_top"] <= 1 for r in rows)
     page = (out / "explanations.html").read_text()
     assert page.count("data:image/png;base64,") == 2 * len(rows)
+    assert page.count(" without its top 5: ") == len(rows)
     result = explain(workdir, cache_dir, vit_run, folder / "0.png", "--method", "rollout",
                      "--out", out, "--json")  # fmt: skip
     assert result.code == 0, result.err

@@ -122,7 +122,9 @@ def spam_explained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
         f" emails; top-5 hits {sum(hits)}/20; relative IG delta max {max(deltas):.4f},"
         f" median {np.median(deltas):.4f}; p(spam) input median"
         f" {np.median([e['f_input'] for e in explained]):.3f}, baseline median"
-        f" {np.median([e['f_baseline'] for e in explained]):.3f}; p(spam) of "
+        f" {np.median([e['f_baseline'] for e in explained]):.3f}, without the top 5 words"
+        f" median {np.median([e['target_prob_without_top'] for e in explained]):.3f};"
+        " p(spam) of "
         + ", ".join(
             f"{text!r} {json.loads(line)['probs']['spam']:.3f}"
             for text, line in zip(PROBES, probed.out.splitlines(), strict=True)
@@ -182,7 +184,9 @@ def test_vit_digits_attribution_sits_on_strokes(tmp_path: Path, cache_dir: Path)
         f" 50, {correct} predicted right; |attribution| on strokes {np.mean(shares):.3f} vs"
         f" {np.mean(covers):.3f} of the pixels: {ratio:.2f}x (per image: median"
         f" {np.median(per_image):.2f}x, min {np.min(per_image):.2f}x);"
-        f" relative IG delta max {max(deltas):.4f}"
+        f" relative IG delta max {max(deltas):.4f}; p(predicted) median"
+        f" {np.median([r['target_prob'] for r in rows]):.3f}, without the top 5 patches"
+        f" {np.median([r['target_prob_without_top'] for r in rows]):.3f}"
     )
     assert len(rows) == 50
     assert ratio >= 1.3
