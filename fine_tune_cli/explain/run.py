@@ -290,8 +290,10 @@ def _warn_baseline_scores_alike(rows: list[dict[str, Any]], baseline: str) -> No
     (a detector of the other class), and the scores are then the noise of a ~0 change:
     say so instead of letting a reader trust the top words."""
     alike: dict[str, list[float]] = {}
-    for r in rows:
-        if r.get("f_baseline") is not None and r["f_input"] - r["f_baseline"] < SMALL_CHANGE:
+    for r in rows:  # the predicted class only: a --target the model rejects is ~0 on both
+        if r.get("f_baseline") is None or r["target"] != r["label"]:
+            continue
+        if r["f_input"] - r["f_baseline"] < SMALL_CHANGE:
             alike.setdefault(r["target"], []).append(r["f_baseline"])
     for target, at_baseline in alike.items():
         log.warning(

@@ -282,21 +282,23 @@ def test_images_patch_grid_heat_map_and_rollout(
 def test_the_baseline_warning_names_each_class_the_model_gives_by_default(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Both sides of the line: rows whose baseline scores within 0.05 of the input (or
-    above it) are counted per explained class; a real change says nothing."""
+    """Both sides of the line: rows whose baseline gets the predicted class within 0.05 of
+    the input (or above it) are counted per class; a real change, or a --target class the
+    model gives ~0 with and without content, says nothing."""
     from fine_tune_cli.explain.run import _warn_baseline_scores_alike
 
     rows = [
-        {"target": "spam", "f_input": 0.98, "f_baseline": 0.97},
-        {"target": "spam", "f_input": 0.90, "f_baseline": 0.99},
-        {"target": "spam", "f_input": 0.95, "f_baseline": 0.10},
-        {"target": "ham", "f_input": 0.80, "f_baseline": 0.20},
-        {"target": "ham", "f_input": 0.70},  # rollout: no baseline
+        {"label": "spam", "target": "spam", "f_input": 0.98, "f_baseline": 0.97},
+        {"label": "spam", "target": "spam", "f_input": 0.90, "f_baseline": 0.99},
+        {"label": "spam", "target": "spam", "f_input": 0.95, "f_baseline": 0.10},
+        {"label": "ham", "target": "ham", "f_input": 0.80, "f_baseline": 0.20},
+        {"label": "spam", "target": "ham", "f_input": 0.01, "f_baseline": 0.01},  # --target
+        {"label": "ham", "target": "ham", "f_input": 0.70},  # rollout: no baseline
     ]
     with caplog.at_level("WARNING", logger="ftc"):
         _warn_baseline_scores_alike(rows, "pad")
     (line,) = [r.getMessage() for r in caplog.records]
-    assert "for 2 of 5 input(s) the pad baseline (no content) gets p(spam) 0.980" in line
+    assert "for 2 of 6 input(s) the pad baseline (no content) gets p(spam) 0.980" in line
     caplog.clear()
     with caplog.at_level("WARNING", logger="ftc"):
         _warn_baseline_scores_alike(rows[2:], "pad")
