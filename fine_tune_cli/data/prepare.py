@@ -85,8 +85,8 @@ def step_revisions(recipe: Recipe) -> dict[str, int]:
     """The recipe's text steps whose output changed since revision 1, by name."""
     from fine_tune_cli.data.steps import STEPS
 
-    used = {spec.name for spec in (*recipe.data.steps, *recipe.data.augment)}
-    return {name: STEPS.get(name).revision for name in sorted(used) if STEPS.get(name).revision > 1}
+    used = sorted({spec.name for spec in (*recipe.data.steps, *recipe.data.augment)})
+    return {s.name: s.revision for s in map(STEPS.get, used) if s.revision > 1}
 
 
 def hashed_data(recipe: Recipe) -> dict[str, Any]:
@@ -313,11 +313,11 @@ def _make_plan(recipe: Recipe, encoding: StreamEncoding, folder: Path) -> None:
     with _progress(recipe, "prepare: read") as progress:
         build_plan(recipe, encoding, folder, progress)
     plan = Plan(folder)
+
+    def texts() -> Iterator[str]:  # one read of the train split per tokenizer pass
+        return (t for chunk, _ in plan.examples(recipe, "train") for t in chunk)
+
     try:
-
-        def texts() -> Iterator[str]:
-            return (t for chunk, _ in plan.examples(recipe, "train") for t in chunk)
-
         tokenizer, info = _tokenizer_from_texts(recipe, texts, folder)
     finally:
         plan.close()

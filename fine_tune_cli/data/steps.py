@@ -75,7 +75,7 @@ def step(
 
     def decorate(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STEPS.add(name, Step(name, fn, params, doc, key, revision))
+        STEPS.add(name, Step(name=name, fn=fn, params=params, doc=doc, key=key, revision=revision))
         return fn
 
     return decorate

@@ -138,11 +138,15 @@ def train_tokenizer(
 
     if kind == "wordpiece":
 
-        def wordpiece(vocab: int, specials: list[str]) -> Tokenizer:
-            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        def bert(model: Any) -> Tokenizer:
+            tok = Tokenizer(model)
             tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
             tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             tok.decoder = decoders.WordPiece()
+            return tok
+
+        def wordpiece(vocab: int, specials: list[str]) -> Tokenizer:
+            tok = bert(models.WordPiece(unk_token="[UNK]"))
             trainer = tk_trainers.WordPieceTrainer(
                 vocab_size=vocab,
                 min_frequency=min_frequency,
@@ -159,10 +163,7 @@ def train_tokenizer(
         specials = list(BERT_SPECIALS.values())
         pieces = sorted(t for t in wordpiece(1, specials).get_vocab() if t.startswith("##"))
         trained = wordpiece(vocab_size, [*specials, *pieces]).get_vocab()
-        tok = Tokenizer(_canonical_wordpiece(trained))  # the pieces are not special here
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
+        tok = bert(_canonical_wordpiece(trained))  # the pieces are not special here
         tok.add_special_tokens(specials)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(

@@ -96,12 +96,13 @@ def explain_example(
 ) -> dict[str, Any]:
     """One jsonl row: the prediction, the explained class, the method's figures and the
     explainer's per-unit scores (tokens and words, or the patch grid)."""
+    from fine_tune_cli.engine.runtime import to_device
     from fine_tune_cli.explain.attribution import attention_rollout
 
     device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in example.inputs.items()}
+    inputs = to_device(example.inputs, device)
     if method == "ig":
-        blank = {k: v.to(device) for k, v in example.blank.items()} if baseline == "pad" else None
+        blank = to_device(example.blank, device) if baseline == "pad" else None
         att, steps = _converged_ig(model, inputs, blank, wanted, steps)
         scores = att.scores
     else:
@@ -136,8 +137,9 @@ def _prob_without_top(
     mattered leaves a drop; a model that decides without it leaves the figure where it was."""
     import torch
 
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in explainer.without_top(example, row).items()}
+    from fine_tune_cli.engine.runtime import to_device
+
+    inputs = to_device(explainer.without_top(example, row), next(model.parameters()).device)
     with torch.no_grad():
         probs = torch.softmax(model(**inputs).logits[0].float(), dim=-1)
     return round(float(probs[target]), 6)
