@@ -55,6 +55,13 @@ def texts(workdir: Path) -> Path:
     return path
 
 
+def assert_baseline_warning_iff_alike(rows: list[dict], err: str) -> None:
+    """The baseline warning is printed exactly when some input's content-free baseline
+    gets its class within 0.05 of the input (or above it)."""
+    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
+    assert ("baseline (no content) gets p(" in err) == bool(alike), err
+
+
 def explain(workdir: Path, cache_dir: Path, *args: str | Path, stdin: bytes | None = None):
     with cli_env(cache_dir, workdir):
         return run_cli("explain", *args, stdin=stdin)
@@ -104,8 +111,7 @@ def test_text_outputs_json_and_completeness(
         assert total - change == pytest.approx(row["convergence_delta"], abs=1e-4)
         assert abs(row["convergence_delta"]) <= 0.05 * abs(change) + 1e-6
     # A model that gives the blank baseline the input's class as surely: said in one line.
-    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
-    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
+    assert_baseline_warning_iff_alike(rows, result.err)
     # Without its top words (each occurrence's tokens -> [PAD], as the baseline blanks
     # content), transformers' own model on best/ gives p(target) = target_prob_without_top.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -266,8 +272,7 @@ def test_images_patch_grid_heat_map_and_rollout(
         blank = image.reshape(4, 2, 4, 2).max(axis=(1, 3)) == 0
         assert np.all(grid[blank] == 0)
         assert row["top"][0]["score"] == grid.max()
-    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
-    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
+    assert_baseline_warning_iff_alike(rows, result.err)
     assert all(0 <= r["target_prob_without_top"] <= 1 for r in rows)
     page = (out / "explanations.html").read_text()
     assert page.count("data:image/png;base64,") == 2 * len(rows)

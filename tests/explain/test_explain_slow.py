@@ -30,6 +30,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DEMO_DATA, cli_env, run_cli
+from tests.explain.test_explain import assert_baseline_warning_iff_alike
 
 pytestmark = pytest.mark.slow
 
@@ -177,8 +178,7 @@ def test_vit_digits_attribution_sits_on_strokes(tmp_path: Path, cache_dir: Path)
     ratio = float(np.mean(shares) / np.mean(covers))
     per_image = np.divide(shares, covers)
     deltas = [row["relative_delta"] for row in rows]
-    alike = [r for r in rows if r["f_input"] - r["f_baseline"] < 0.05]
-    assert ("baseline (no content) gets p(" in result.err) == bool(alike), result.err
+    assert_baseline_warning_iff_alike(rows, result.err)
     print(
         f"\ndigits: test accuracy {trained.json()['metrics'].get('accuracy'):.3f}; explained"
         f" 50, {correct} predicted right; |attribution| on strokes {np.mean(shares):.3f} vs"
